@@ -1,0 +1,32 @@
+# The two commands of the README: `make up` and `make test`. Nothing else is needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-test
+
+.PHONY: test up lint check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check allq tests benchmarks
+	$(BIN)/ruff format --check allq tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/flake8-async $$(find allq tests benchmarks -name "*.py")
+
+test: lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+up: $(STAMP)
+	@echo "make up needs 'allq up' (the embedded cluster), which arrives with the operations issue."
+	@echo "Until then run a single queue server: $(BIN)/allq server --help"
+	@exit 1
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

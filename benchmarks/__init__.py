@@ -1,0 +1,1 @@
+"""Benchmarks: bounded, loopback only; results go to benchmarks/RESULTS.md."""
