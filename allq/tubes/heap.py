@@ -88,6 +88,27 @@ class IndexedHeap(Generic[K]):
         else:
             self._sift_down(index)
 
+    def due(self, bound: object) -> list[tuple[Key, K]]:
+        """Entries whose key starts with a value <= `bound`, in key order: O(k log k).
+
+        Walks only the top of the heap (children of a larger key are larger too).
+        """
+        found: list[tuple[Key, K]] = []
+        entries = self._entries
+        stack = [0] if entries else []
+        while stack:
+            index = stack.pop()
+            entry = entries[index]
+            if entry[0][0] <= bound:
+                found.append(entry)
+                child = 2 * index + 1
+                if child < len(entries):
+                    stack.append(child)
+                    if child + 1 < len(entries):
+                        stack.append(child + 1)
+        found.sort(key=lambda entry: entry[0])
+        return found
+
     def sorted_items(self) -> list[tuple[Key, K]]:
         """All entries in key order (O(n log n)); for stats and tests."""
         return sorted(self._entries, key=lambda entry: entry[0])

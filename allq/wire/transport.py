@@ -1,0 +1,43 @@
+"""The message-stream interface the server and clients speak through.
+
+A `MessageStream` carries whole protocol messages (CBOR maps, as Python dicts) in both
+directions. Two implementations exist: the plain development framing of `allq.wire.plain`
+(u32 length + CBOR, no crypto, for tests of the engine and server shell) and the encrypted
+stream of the wire protocol (wire.md). The server's session code only sees this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+#: One decoded protocol message: a CBOR map with text keys.
+Message = dict[str, object]
+
+
+class MessageStream(Protocol):
+    """A bidirectional stream of messages.
+
+    `receive()` raises `trio.EndOfChannel` on a clean close by the peer (final frame or
+    EOF at a frame boundary where the framing allows it) and `trio.BrokenResourceError`
+    when the stream failed; `RemoteProtocolError` when the peer sent something invalid.
+    `send()` may be called from several tasks: implementations serialize writes.
+    """
+
+    async def receive(self) -> Message: ...
+
+    async def send(self, message: Mapping[str, object], *, final: bool = False) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ProtocolError(Exception):
+    """Base of protocol misuse errors (h11 style)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to send something the protocol forbids."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids; the connection cannot continue."""
