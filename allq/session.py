@@ -1,0 +1,319 @@
+"""Session: one client connection of the queue server (wire.md §5, §7).
+
+One task per connection reads requests in arrival order and applies each to the engine
+before reading the next, so a connection's requests are applied in order. Answers to
+immediate operations are written inline (natural backpressure). A reserve that has to
+wait gets its own task in the session's nursery, so it never stalls the other requests
+of its connection; `cancel` ends such a reserve, and the reserve's answer is always sent
+before the cancel's own answer.
+
+Failures are isolated per connection: a protocol error closes this connection only (with
+a final `protocol` frame where the framing still allows one); `AllQError` becomes an error
+answer; any other exception is logged and closes the connection. `Cancelled` propagates.
+
+Jobs whose answer cannot be written are returned with `unreserve` at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import trio
+
+from allq.errors import AllQError, BadFormat, ShuttingDown
+from allq.tubes.runner import EngineShell, JobViews
+from allq.tubes.validate import OPERATIONS
+from allq.wire.codec import request_envelope_problem
+from allq.wire.transport import Message, MessageStream, ProtocolError, RemoteProtocolError
+
+log = logging.getLogger(__name__)
+
+_Handler = Callable[[int, dict[str, object]], Awaitable[None]]
+
+#: Ops refused with SHUTTING_DOWN once a graceful shutdown has begun (wire.md §7).
+REFUSED_WHEN_STOPPING = frozenset(
+    {"reserve", "pause", "unpause", "throttle", "drain", "undrain", "set_shard_limit", "clear"}
+)
+#: Ops after which this connection no longer holds the reservation named by the lease.
+_ENDS_RESERVATION = frozenset({"done", "delete", "release", "bury", "unreserve"})
+
+
+@dataclass(slots=True, kw_only=True)
+class SessionLimits:
+    """Per-connection limits (wire.md §8)."""
+
+    max_inflight: int = 1024
+    idle_timeout_s: float = 300.0
+    write_stall_s: float = 30.0
+    max_bad_requests: int = 64
+
+
+@dataclass(slots=True)
+class ShutdownState:
+    """Shared by the server and its sessions: `started` is set when graceful shutdown begins."""
+
+    grace_s: float = 10.0
+    started: trio.Event = field(default_factory=trio.Event)
+    deadline: float = float("inf")  # Trio time at which the grace period ends
+
+    def begin(self) -> None:
+        if not self.started.is_set():
+            self.deadline = trio.current_time() + self.grace_s
+            self.started.set()
+
+
+class _ConnectionDone(Exception):
+    """This connection ends normally (idle, client close, shutdown)."""
+
+
+@dataclass(slots=True)
+class _PendingReserve:
+    waiter: int | None = None
+    delivered: bool = False
+    answered: trio.Event = field(default_factory=trio.Event)
+
+
+class Session:
+    """Serve one connection until the peer leaves, a limit ends it, or shutdown.
+
+    Resource handling: the session owns `stream` and closes it when `run()` returns.
+    """
+
+    def __init__(
+        self,
+        shell: EngineShell,
+        stream: MessageStream,
+        *,
+        limits: SessionLimits,
+        shutdown: ShutdownState,
+        peer: str = "?",
+    ) -> None:
+        self.shell = shell
+        self.stream = stream
+        self.limits = limits
+        self.shutdown = shutdown
+        self.peer = peer
+        self._inflight = trio.Semaphore(limits.max_inflight)
+        self._in_flight_ids: set[int] = set()
+        self._pending: dict[int, _PendingReserve] = {}
+        self._bad_requests = 0
+        self._held: dict[str, str] = {}  # lease -> job id handed out on this connection
+        self._changed = trio.Event()
+        self._final_sent = False
+
+    # -- main loop -----------------------------------------------------------------------
+
+    async def refuse(self, reason: str) -> None:
+        """Complete the connection only to close it at once (connection limit, shutdown)."""
+        await self._send_final(reason)
+        with trio.move_on_after(1, shield=True):
+            await self.stream.aclose()
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_shutdown, nursery.cancel_scope)
+                await self._read_loop(nursery)
+                nursery.cancel_scope.cancel()
+        except* _ConnectionDone:
+            pass
+        except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
+            log.info("connection %s lost: %s", self.peer, group.exceptions[0])
+        except* ProtocolError as group:
+            log.info("connection %s: protocol error: %s", self.peer, group.exceptions[0])
+            await self._send_final("protocol", error="BAD_FORMAT", message=str(group.exceptions[0]))
+        except* Exception:
+            log.exception("connection %s failed", self.peer)
+        finally:
+            with trio.move_on_after(1, shield=True):
+                await self.stream.aclose()
+
+    async def _read_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            async with self._inflight:  # backpressure: at most max_inflight in flight
+                message = await self._receive()
+            if message is None:
+                return
+            await self._dispatch(message, nursery)
+
+    async def _receive(self) -> Message | None:
+        """The next request; None when the peer closed; ends the session when idle."""
+        while True:
+            with trio.move_on_after(self.limits.idle_timeout_s) as idle:
+                try:
+                    return await self.stream.receive()
+                except trio.EndOfChannel:
+                    return None
+            if idle.cancelled_caught and not self._in_flight_ids:
+                log.info(
+                    "connection %s idle for %ss: closing", self.peer, self.limits.idle_timeout_s
+                )
+                await self._send_final("idle")
+                raise _ConnectionDone
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    async def _dispatch(self, message: Message, nursery: trio.Nursery) -> None:
+        problem = request_envelope_problem(message)
+        request_id = message.get("id")
+        if request_id == 0 and problem is None:
+            raise _ConnectionDone  # {id: 0, closing: "client"}
+        if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 1:
+            raise RemoteProtocolError(problem or "request id missing or invalid")
+        if request_id in self._in_flight_ids:
+            raise RemoteProtocolError(f"request id {request_id} is already in flight")
+        op = message.get("op")
+        if problem is not None or not isinstance(op, str) or op not in OPERATIONS | {"cancel"}:
+            self._bad_requests += 1
+            if self._bad_requests > self.limits.max_bad_requests:
+                raise RemoteProtocolError("too many bad requests")
+            error = BadFormat(problem or f"unknown operation {op!r}", field="op")
+            await self._send({"id": request_id, **_error_body(error)})
+            return
+        args = {key: value for key, value in message.items() if key not in ("id", "op")}
+        if op == "reserve":
+            await self._start_task(nursery, self._serve_reserve, request_id, args)
+        elif op == "cancel":
+            await self._start_task(nursery, self._serve_cancel, request_id, args)
+        else:
+            await self._send({"id": request_id, **self._apply(op, args)})
+
+    async def _start_task(
+        self, nursery: trio.Nursery, fn: _Handler, rid: int, args: dict[str, object]
+    ) -> None:
+        await self._inflight.acquire()  # released by _finish
+        self._in_flight_ids.add(rid)
+        nursery.start_soon(fn, rid, args)
+
+    def _apply(self, op: str, args: Mapping[str, object]) -> dict[str, object]:
+        """Apply one immediate op synchronously; return the answer body."""
+        try:
+            if self.shell.shutting_down and op in REFUSED_WHEN_STOPPING:
+                raise ShuttingDown("the server is shutting down")
+            result = self.shell.call(op, args)
+        except AllQError as error:
+            if error.code == "BAD_FORMAT":
+                self._bad_requests += 1
+            return _error_body(error)
+        if op in _ENDS_RESERVATION and isinstance(args.get("lease"), str):
+            self._held.pop(str(args["lease"]), None)
+            self._signal()
+        return {"result": result}
+
+    async def _serve_reserve(self, request_id: int, args: dict[str, object]) -> None:
+        pending = self._pending[request_id] = _PendingReserve()
+
+        def on_wait(waiter: int) -> None:
+            pending.waiter = waiter
+
+        try:
+            try:
+                jobs = await self.shell.reserve(args, on_wait=on_wait)
+            except AllQError as error:
+                pending.waiter = None
+                await self._send({"id": request_id, **_error_body(error)})
+                return
+            pending.waiter = None
+            pending.delivered = True
+            await self._send_jobs(request_id, jobs)
+        finally:
+            pending.answered.set()
+            del self._pending[request_id]
+            self._finish(request_id)
+
+    async def _send_jobs(self, request_id: int, jobs: JobViews) -> None:
+        """Send reserved jobs; if they cannot be written, give them back at once."""
+        sent = False
+        try:
+            await self._send({"id": request_id, "result": jobs})
+            sent = True
+        finally:
+            if sent:
+                self._held.update((str(job["lease"]), str(job["id"])) for job in jobs)
+            else:
+                self.shell.unreserve(jobs)  # synchronous, so safe even while cancelled
+
+    async def _serve_cancel(self, request_id: int, args: dict[str, object]) -> None:
+        try:
+            target = args.get("target")
+            if set(args) != {"target"} or not isinstance(target, int) or isinstance(target, bool):
+                error = BadFormat(
+                    "cancel takes exactly one field, target: a request id", field="target"
+                )
+                await self._send({"id": request_id, **_error_body(error)})
+                return
+            pending = self._pending.get(target)
+            if pending is None:
+                outcome = "unknown"
+            elif pending.waiter is not None and self.shell.cancel_reserve(pending.waiter):
+                outcome = "cancelled"
+            else:
+                outcome = "delivered" if pending.delivered else "unknown"
+            if pending is not None:
+                await pending.answered.wait()  # the target's answer goes out first
+            await self._send({"id": request_id, "result": {"outcome": outcome}})
+        finally:
+            self._finish(request_id)
+
+    def _finish(self, request_id: int) -> None:
+        self._in_flight_ids.discard(request_id)
+        self._inflight.release()
+        self._signal()
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def _send(self, message: Mapping[str, object]) -> None:
+        with trio.move_on_after(self.limits.write_stall_s) as stall:
+            await self.stream.send(message)
+        if stall.cancelled_caught:
+            log.warning(
+                "connection %s: write blocked for %ss: closing",
+                self.peer,
+                self.limits.write_stall_s,
+            )
+            raise trio.BrokenResourceError("write stalled")
+
+    async def _send_final(self, reason: str, **extra: object) -> None:
+        if self._final_sent:
+            return
+        self._final_sent = True
+        with trio.move_on_after(self.limits.write_stall_s, shield=True):
+            try:
+                await self.stream.send({"id": 0, "closing": reason, **extra}, final=True)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError):
+                pass
+
+    # -- graceful shutdown ---------------------------------------------------------------
+
+    async def _watch_shutdown(self, scope: trio.CancelScope) -> None:
+        """Announce shutdown; close once nothing is in flight and no job handed out here
+        is still reserved under its lease, so workers can finish (wire.md §7). The
+        server's grace deadline bounds the wait."""
+        await self.shutdown.started.wait()
+        with trio.move_on_at(self.shutdown.deadline):
+            await self._send({"id": 0, "event": "shutting_down", "grace": self.shutdown.grace_s})
+            while self._in_flight_ids or self._holds_reservations():
+                await self._changed.wait()
+        await self._send_final("shutdown")
+        scope.cancel()
+
+    def _holds_reservations(self) -> bool:
+        jobs = self.shell.engine.jobs
+        for lease, job_id in list(self._held.items()):
+            job = jobs.get(job_id)
+            if job is None or job.lease != lease:
+                del self._held[lease]
+        return bool(self._held)
+
+
+def _error_body(error: AllQError) -> dict[str, object]:
+    body: dict[str, object] = {"error": error.code, "message": error.message}
+    if error.field is not None:
+        body["field"] = error.field
+    return body

@@ -1,0 +1,242 @@
+"""EngineShell: the Trio shell around the sans-IO engine (design.md §2.3).
+
+It is the only code that reads the clock for the engine and the only owner of its
+timers. Tasks, all in the nursery of `run()`:
+
+* one timer task per tube, sleeping until `engine.tube_next_deadline(name)` or a poke,
+  started when the engine reports a new tube and ending when the tube is collected;
+* one timer task for the engine's own timers (waiter timeouts, deadline-soon, keys).
+
+Sessions call `call()` synchronously (no await between read and write, so each engine
+call is atomic under Trio's cooperative scheduling), then the shell delivers the effects
+and pokes the timer tasks whose deadline changed. Never polls on a fixed period.
+
+Waiting reserves get a one-slot memory channel. Delivery is `send_nowait`; a waiter
+that went away (its channel closed or unregistered) has its jobs put back with
+`unreserve` at once, which leaves every counter as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import trio
+
+from allq.errors import AllQError, Cancelled, DeadlineSoon, ShuttingDown, TimedOut
+from allq.tubes.engine import Engine, Result
+from allq.tubes.events import Delivered, Effect, Waiting, WaitTimedOut
+
+log = logging.getLogger(__name__)
+
+JobViews = list[dict[str, object]]
+#: What a waiting reserve ends with: the jobs, or the error that ended it.
+Outcome = JobViews | AllQError
+
+
+@dataclass(frozen=True, slots=True)
+class UnixClock:
+    """`now` in unix seconds from Trio's clock (semantics.md §8.1).
+
+    `now = wall_at_start + (trio.current_time() - trio_at_start)`: monotonic, anchored to
+    wall time once. Under `MockClock` it is virtual.
+    """
+
+    wall_at_start: float
+    trio_at_start: float
+
+    @classmethod
+    def start(cls, wall_now: float) -> UnixClock:
+        return cls(wall_now, trio.current_time())
+
+    def now(self) -> float:
+        return self.wall_at_start + (trio.current_time() - self.trio_at_start)
+
+    def to_trio(self, unix_time: float) -> float:
+        if unix_time == math.inf:
+            return math.inf
+        return unix_time - self.wall_at_start + self.trio_at_start
+
+
+class EngineShell:
+    """Runs an `Engine` inside Trio. See the module docstring."""
+
+    def __init__(self, engine: Engine, clock: UnixClock) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._nursery: trio.Nursery | None = None
+        self._pokes: dict[str | None, trio.Event] = {}
+        self._waiters: dict[int, trio.MemorySendChannel[Outcome]] = {}
+        self._shutting_down = False
+        self.unreserved_on_gone = 0  # jobs given back because their waiter went away
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the timer tasks until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._pokes[None] = trio.Event()
+            nursery.start_soon(self._timer_task, None)
+            for name in list(self.engine.tubes):
+                self._start_tube_timer(name)
+            task_status.started()
+            await trio.sleep_forever()
+
+    def begin_shutdown(self) -> None:
+        """Graceful shutdown: refuse new jobs, answer every waiter with SHUTTING_DOWN."""
+        self._shutting_down = True
+        self.engine.draining = True
+        for waiter in list(self._waiters):
+            self.engine.cancel_wait(waiter, self.clock.now())
+            self._answer(waiter, ShuttingDown("the server is shutting down"))
+        self._after_call()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    # -- engine calls --------------------------------------------------------------------
+
+    def call(self, op: str, args: Mapping[str, object]) -> Result:
+        """One engine operation at the current time; effects are delivered before return."""
+        try:
+            return self.engine.handle(op, args, self.clock.now())
+        finally:
+            self._after_call()
+
+    def unreserve(self, jobs: JobViews) -> None:
+        """Give delivered jobs back (R10); a job that moved on meanwhile is left alone."""
+        for job in jobs:
+            try:
+                self.call("unreserve", {"job_id": job["id"], "lease": job["lease"]})
+            except AllQError as error:  # expired or finished meanwhile: nothing to return
+                log.debug("unreserve of %s skipped: %s", job["id"], error.code)
+            else:
+                self.unreserved_on_gone += 1
+
+    async def reserve(
+        self, args: Mapping[str, object], *, on_wait: Callable[[int], None] | None = None
+    ) -> JobViews:
+        """A reserve that may block until jobs, TIMED_OUT, DEADLINE_SOON or cancellation.
+
+        Cancellation: if the caller is cancelled while waiting, the waiter is withdrawn and
+        any jobs already put in its channel are given back with `unreserve`, so no job is
+        lost or left reserved (the timeout-versus-delivery race of design.md §2.3).
+        """
+        if self._shutting_down:
+            raise ShuttingDown("the server is shutting down")
+        result = self.call("reserve", args)
+        if not isinstance(result, Waiting):
+            assert isinstance(result, list)
+            return result
+        waiter = result.waiter
+        send, receive = trio.open_memory_channel[Outcome](1)
+        self._waiters[waiter] = send
+        if on_wait is not None:
+            on_wait(waiter)
+        with receive:
+            try:
+                outcome = await receive.receive()
+            finally:
+                self._withdraw(waiter, receive)
+        if isinstance(outcome, AllQError):
+            raise outcome
+        return outcome
+
+    def cancel_reserve(self, waiter: int) -> bool:
+        """End a waiting reserve with CANCELLED; False if it was already answered."""
+        if waiter not in self._waiters:
+            return False
+        self.engine.cancel_wait(waiter, self.clock.now())
+        self._answer(waiter, Cancelled("the reserve was cancelled"))
+        self._after_call()
+        return True
+
+    def _withdraw(self, waiter: int, receive: trio.MemoryReceiveChannel[Outcome]) -> None:
+        """Withdraw a waiter whose requester is done or gone; give back undelivered jobs."""
+        if self._waiters.pop(waiter, None) is not None:
+            self.engine.cancel_wait(waiter, self.clock.now())
+            self._after_call()
+        try:
+            leftover = receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return
+        if isinstance(leftover, list):
+            self.unreserve(leftover)
+
+    # -- effects and timers ------------------------------------------------------------------
+
+    def _after_call(self) -> None:
+        engine = self.engine
+        while True:
+            effects = engine.take_effects()
+            if not effects:
+                break
+            for effect in effects:
+                self._deliver(effect)
+        for name in engine.take_timer_changes():
+            event = self._pokes.get(name)
+            if event is not None:
+                event.set()
+            elif name is not None and engine.has_tube(name):
+                self._start_tube_timer(name)
+
+    def _deliver(self, effect: Effect) -> None:
+        if isinstance(effect, Delivered):
+            if not self._answer(effect.waiter, effect.jobs):
+                self.unreserve(effect.jobs)
+        elif isinstance(effect, WaitTimedOut):
+            self._answer(effect.waiter, TimedOut("no job arrived before the timeout"))
+        else:
+            self._answer(
+                effect.waiter, DeadlineSoon("a reservation of this owner is due within 1 s")
+            )
+
+    def _answer(self, waiter: int, outcome: Outcome) -> bool:
+        send = self._waiters.pop(waiter, None)
+        if send is None:
+            return False
+        try:
+            send.send_nowait(outcome)
+        except (trio.BrokenResourceError, trio.WouldBlock):
+            return False
+        return True
+
+    def _start_tube_timer(self, name: str) -> None:
+        if self._nursery is None or name in self._pokes:
+            return
+        self._pokes[name] = trio.Event()
+        self._nursery.start_soon(self._timer_task, name)
+
+    def _deadline(self, name: str | None) -> float:
+        if name is None:
+            return self.engine.own_next_deadline()
+        return self.engine.tube_next_deadline(name)
+
+    async def _timer_task(self, name: str | None) -> None:
+        """Sleep until this tube's (or the engine's own) next deadline or a poke; tick."""
+        engine = self.engine
+        try:
+            while name is None or engine.has_tube(name):
+                poke = self._pokes[name]
+                if poke.is_set():
+                    poke = self._pokes[name] = trio.Event()
+                with trio.move_on_at(self.clock.to_trio(self._deadline(name))):
+                    await poke.wait()
+                now = self.clock.now()
+                if self._deadline(name) <= now:
+                    for effect in engine.tick(now):
+                        self._deliver(effect)
+                self._after_call()
+        finally:
+            self._pokes.pop(name, None)
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "timer_tasks": len(self._pokes),
+            "waiting_reserves": len(self._waiters),
+            "unreserved_on_gone": self.unreserved_on_gone,
+        }
