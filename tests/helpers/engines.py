@@ -210,7 +210,7 @@ class Driver:
         """The job's state, or "gone" when the engine no longer knows it."""
         job = self.engine.jobs.get(job_id)
         if job is None:
-            with pytest.raises(AllQError, match=""):
+            with pytest.raises(AllQError, match="no job"):
                 self.job(job_id)
             return "gone"
         state: str = self.job(job_id)["state"]
