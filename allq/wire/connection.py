@@ -217,7 +217,7 @@ class Connection:
 
     # --- input ----------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes read from the peer; `b""` means EOF."""
         if self._eof:
             raise LocalProtocolError("data received after EOF")
@@ -321,6 +321,41 @@ class Connection:
 
     # --- frames in ------------------------------------------------------------------
 
+    def read_peer_header(self) -> bool:
+        """Consume the peer's stream header if buffered; True once it has been read.
+
+        The shells call this to finish the handshake without consuming any frame.
+
+        Raises:
+            FramingError: EOF before the header (sticky, like `next_event`).
+        """
+        if self._error is not None:
+            raise self._error
+        if self._phase is not State.OPEN:
+            raise LocalProtocolError("the handshake is not complete")
+        if self._pull is not None:
+            return True
+        try:
+            return self._read_header()
+        except RemoteProtocolError as exc:
+            raise self._fail(exc) from None
+
+    def _read_header(self) -> bool:
+        if self._available() < HEADER_SIZE:
+            if self._eof:
+                raise FramingError("EOF before the stream header (truncated)")
+            return False
+        state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        assert self._pull_key is not None
+        try:
+            sodium.crypto_secretstream_xchacha20poly1305_init_pull(
+                state, self._take(HEADER_SIZE), self._pull_key
+            )
+        except Exception:
+            raise FramingError("bad stream header") from None
+        self._pull, self._pull_key = state, None
+        return True
+
     def _next_frame(self) -> Event:
         have = self._available()
         if self._their_final:
@@ -328,19 +363,8 @@ class Connection:
                 raise FramingError("data after the final frame")
             return PEER_CLOSED if self._eof else NEED_DATA
         if self._pull is None:
-            if have < HEADER_SIZE:
-                if self._eof:
-                    raise FramingError("EOF before the stream header (truncated)")
+            if not self._read_header():
                 return NEED_DATA
-            state = sodium.crypto_secretstream_xchacha20poly1305_state()
-            assert self._pull_key is not None
-            try:
-                sodium.crypto_secretstream_xchacha20poly1305_init_pull(
-                    state, self._take(HEADER_SIZE), self._pull_key
-                )
-            except Exception:
-                raise FramingError("bad stream header") from None
-            self._pull, self._pull_key = state, None
             have -= HEADER_SIZE
         if have < 4:
             if self._eof:
@@ -360,6 +384,7 @@ class Connection:
             return NEED_DATA
         self._pos += 4
         ciphertext = self._take(length)
+        assert self._pull is not None
         try:
             plaintext, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(
                 self._pull, ciphertext, ad

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import trio
+import trio.testing
+
 from allq.wire.connection import NEED_DATA, Connection, HandshakeComplete, Role
 from allq.wire.handshake import H, ReplayCache
 from allq.wire.keyfiles import AllowList, KeyPair
+from allq.wire.stream import EncryptedMessageStream, client_handshake, server_handshake
 
 TEST_PERSON = b"allq1-testvector"
 
@@ -51,3 +55,31 @@ def open_pair(
     assert server.next_event() is NEED_DATA
     assert client.next_event() is NEED_DATA
     return client, server
+
+
+async def encrypted_pair(
+    client_stream: trio.abc.Stream | None = None,
+    server_stream: trio.abc.Stream | None = None,
+    replay: ReplayCache | None = None,
+    now: float = NOW,
+) -> tuple[EncryptedMessageStream, EncryptedMessageStream]:
+    """Handshake over a stream pair (memory streams by default): (client, server)."""
+    if client_stream is None or server_stream is None:
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+    results: dict[str, EncryptedMessageStream] = {}
+    cache = replay if replay is not None else ReplayCache()
+
+    async def serve() -> None:
+        assert server_stream is not None
+        results["server"] = await server_handshake(server_stream, SERVER, ALLOW, cache, lambda: now)
+
+    async def connect() -> None:
+        assert client_stream is not None
+        results["client"] = await client_handshake(
+            client_stream, CLIENT, SERVER.public, lambda: now
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        nursery.start_soon(connect)
+    return results["client"], results["server"]

@@ -1,0 +1,289 @@
+"""The trio shell of the encrypted wire protocol: handshakes and `EncryptedMessageStream`.
+
+`server_handshake` / `client_handshake` drive a sans-IO `Connection` over any
+`trio.abc.Stream` (TCP in production, memory streams in tests) and return an
+`EncryptedMessageStream`, which implements `allq.wire.transport.MessageStream`.
+
+Resource handling: the handshake functions take ownership of the stream. On failure they
+close it (sending nothing more) and raise `HandshakeFailed`; on success the returned
+`EncryptedMessageStream` owns it and `aclose()` closes it.
+
+Cancellation: a `send()` cancelled while its frame is partly written leaves the byte
+stream unusable (the peer would fail authentication), so the stream is marked broken and
+later sends raise `trio.BrokenResourceError`. `receive()` can be cancelled safely between
+reads: buffered bytes stay in the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import trio
+
+from allq.wire.connection import (
+    MAX_FRAME_CEILING,
+    PEER_CLOSED,
+    READ_SIZE,
+    Connection,
+    FramingError,
+    HandshakeComplete,
+    MessageReceived,
+    Role,
+)
+from allq.wire.handshake import HandshakeError, ReplayCache
+from allq.wire.keyfiles import AllowList, KeyPair, PublicKey, fingerprint
+from allq.wire.transport import LocalProtocolError, Message, RemoteProtocolError
+
+HANDSHAKE_TIMEOUT = 5.0
+FRAME_TIMEOUT = 30.0
+
+
+class HandshakeFailed(Exception):
+    """The handshake did not complete; the stream has been closed.
+
+    `reason` is for logs (server: the failed check, `timeout`, `eof`, `broken`; client:
+    `refused`, `server key mismatch`, `timeout`, `broken`). `fingerprint` names the client
+    key once the server knows it.
+    """
+
+    def __init__(self, reason: str, fingerprint: str | None = None) -> None:
+        super().__init__(reason if fingerprint is None else f"{reason} (client {fingerprint})")
+        self.reason = reason
+        self.fingerprint = fingerprint
+
+
+class EncryptedMessageStream:
+    """Messages over a secretstream-framed byte stream (wire.md §4, §5).
+
+    `receive()` returns each message; after a message that came in a TAG_FINAL frame
+    (the peer's closing frame) the next call raises `trio.EndOfChannel` without reading.
+    Errors: `RemoteProtocolError` (`FramingError`: close at once; `MessageError`: the
+    server may still `send(..., final=True)` a closing frame), `trio.BrokenResourceError`
+    when the transport failed. A frame whose first byte arrived must be complete within
+    `frame_timeout` seconds (trio clock), else `FramingError`.
+    """
+
+    def __init__(
+        self, stream: trio.abc.Stream, conn: Connection, *, frame_timeout: float = FRAME_TIMEOUT
+    ) -> None:
+        self._stream = stream
+        self._conn = conn
+        self._frame_timeout = frame_timeout
+        self._send_lock = trio.StrictFIFOLock()
+        self._receiving = False
+        self._send_broken = False
+        self._peer_finished = False
+        self._frame_started: float | None = None
+        self._closed = False
+
+    # --- identity and limits --------------------------------------------------------
+
+    @property
+    def peer_public(self) -> bytes:
+        assert self._conn.peer_public is not None
+        return self._conn.peer_public
+
+    @property
+    def peer_fingerprint(self) -> str:
+        return fingerprint(self.peer_public)
+
+    @property
+    def peer_name(self) -> str:
+        return self._conn.peer_name
+
+    @property
+    def connection(self) -> Connection:
+        """The sans-IO engine (read-only use: state, in-flight ids)."""
+        return self._conn
+
+    @property
+    def send_cap(self) -> int:
+        """The largest frame this side may send (a client sets it from `stats`)."""
+        return self._conn.send_cap
+
+    @send_cap.setter
+    def send_cap(self, value: int) -> None:
+        self._conn.send_cap = value
+
+    @property
+    def transport_stream(self) -> trio.abc.Stream:
+        return self._stream
+
+    # --- MessageStream --------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving")
+        self._receiving = True
+        try:
+            return await self._receive()
+        finally:
+            self._receiving = False
+
+    async def _receive(self) -> Message:
+        conn = self._conn
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            if self._peer_finished:
+                raise trio.EndOfChannel
+            event = conn.next_event()
+            if isinstance(event, MessageReceived):
+                self._frame_started = trio.current_time() if conn.frame_in_progress else None
+                if event.final:
+                    self._peer_finished = True
+                return event.message
+            if event is PEER_CLOSED:
+                raise trio.EndOfChannel
+            assert not isinstance(event, HandshakeComplete)
+            deadline = math.inf
+            if self._frame_started is not None:
+                deadline = self._frame_started + self._frame_timeout
+            with trio.move_on_at(deadline) as scope:
+                data = await self._stream.receive_some(conn.next_read_size())
+            if scope.cancelled_caught:
+                raise FramingError(f"frame not complete within {self._frame_timeout:g} s")
+            conn.receive_data(data)
+            if data and self._frame_started is None and conn.frame_in_progress:
+                self._frame_started = trio.current_time()
+
+    async def send(self, message: Mapping[str, object], *, final: bool = False) -> None:
+        """Seal and write one message; writes from several tasks are serialized.
+
+        Raises:
+            LocalProtocolError: the message or state is invalid (nothing written).
+            trio.BrokenResourceError: the transport failed or an earlier write broke.
+            trio.ClosedResourceError: `aclose()` was called.
+        """
+        async with self._send_lock:
+            if self._closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            if self._send_broken:
+                raise trio.BrokenResourceError("an earlier write was interrupted")
+            data = self._conn.send(message, final)
+            try:
+                await self._stream.send_all(data)
+            except BaseException:
+                self._send_broken = True
+                raise
+
+    async def aclose(self) -> None:
+        """Close the transport (idempotent). Sends nothing by itself: send a final frame
+        first for a graceful close."""
+        self._closed = True
+        await self._stream.aclose()
+
+
+async def _fail(stream: trio.abc.Stream, error: HandshakeFailed) -> HandshakeFailed:
+    await trio.aclose_forcefully(stream)
+    return error
+
+
+async def server_handshake(
+    stream: trio.abc.Stream,
+    server_keys: KeyPair,
+    allowlist: AllowList,
+    replay_cache: ReplayCache,
+    now_fn: Callable[[], float],
+    *,
+    max_frame: int = MAX_FRAME_CEILING,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    frame_timeout: float = FRAME_TIMEOUT,
+) -> EncryptedMessageStream:
+    """Run the server side of wire.md §3 within `handshake_timeout` seconds of the call.
+
+    Reads exactly 220 bytes before checking HELLO, writes WELCOME ‖ header in one write,
+    then waits for the client's stream header. `now_fn` gives Unix seconds (`time.time`).
+
+    Raises:
+        HandshakeFailed: any failure; the stream was closed and no byte was sent
+            (except WELCOME when only the client header failed to arrive).
+    """
+    conn = Connection(
+        Role.SERVER,
+        server_keys,
+        allowlist=allowlist,
+        replay_cache=replay_cache,
+        receive_cap=max_frame,
+    )
+    try:
+        with trio.fail_after(handshake_timeout):
+            while True:
+                event = conn.next_event(now_fn())
+                if isinstance(event, HandshakeComplete):
+                    break
+                conn.receive_data(await stream.receive_some(conn.next_read_size()))
+            await stream.send_all(event.data)
+            while not conn.read_peer_header():
+                conn.receive_data(await stream.receive_some(READ_SIZE))
+    except HandshakeError as exc:
+        raise await _fail(stream, HandshakeFailed(exc.reason, exc.fingerprint)) from None
+    except FramingError:
+        raise await _fail(stream, HandshakeFailed("eof", fingerprint_of(conn))) from None
+    except trio.TooSlowError:
+        raise await _fail(stream, HandshakeFailed("timeout", fingerprint_of(conn))) from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise await _fail(stream, HandshakeFailed("broken", fingerprint_of(conn))) from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return EncryptedMessageStream(stream, conn, frame_timeout=frame_timeout)
+
+
+def fingerprint_of(conn: Connection) -> str | None:
+    return None if conn.peer_public is None else fingerprint(conn.peer_public)
+
+
+async def client_handshake(
+    stream: trio.abc.Stream,
+    client_keys: KeyPair,
+    server_public: PublicKey | bytes,
+    now_fn: Callable[[], float],
+    *,
+    receive_cap: int = MAX_FRAME_CEILING,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    frame_timeout: float = FRAME_TIMEOUT,
+) -> EncryptedMessageStream:
+    """Run the client side of wire.md §3 within `handshake_timeout` seconds of the call.
+
+    Raises:
+        HandshakeFailed: `refused` (EOF before WELCOME: unknown key, clock skew, version
+            or replay look the same), `server key mismatch`, `timeout`, `broken`; the
+            stream was closed without sending anything after HELLO.
+    """
+    server_raw = server_public.public if isinstance(server_public, PublicKey) else server_public
+    conn = Connection(Role.CLIENT, client_keys, server_public=server_raw, receive_cap=receive_cap)
+    try:
+        with trio.fail_after(handshake_timeout):
+            await stream.send_all(conn.start(int(now_fn())))
+            while True:
+                event = conn.next_event()
+                if isinstance(event, HandshakeComplete):
+                    break
+                conn.receive_data(await stream.receive_some(READ_SIZE))
+            await stream.send_all(event.data)
+            while not conn.read_peer_header():
+                conn.receive_data(await stream.receive_some(READ_SIZE))
+    except HandshakeError as exc:
+        raise await _fail(stream, HandshakeFailed(exc.reason)) from None
+    except FramingError:
+        raise await _fail(stream, HandshakeFailed("refused")) from None
+    except trio.TooSlowError:
+        raise await _fail(stream, HandshakeFailed("timeout")) from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise await _fail(stream, HandshakeFailed("broken")) from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return EncryptedMessageStream(stream, conn, frame_timeout=frame_timeout)
+
+
+__all__ = [
+    "EncryptedMessageStream",
+    "HandshakeFailed",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "client_handshake",
+    "server_handshake",
+]
