@@ -118,7 +118,9 @@ async def test_refusals_write_nothing() -> None:
     assert (failure.reason, written) == ("bad magic", b"")
 
 
-async def test_replayed_hello_refused_and_cache_unchanged() -> None:
+async def test_replayed_hello_refused_and_cache_unchanged(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     replay = ReplayCache()
     hello = client_conn().start(int(NOW))
     client_end, server_end = trio.testing.memory_stream_pair()
