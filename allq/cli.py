@@ -6,14 +6,127 @@ Exit codes: 0 success, 1 runtime failure, 2 usage error, 130 Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import logging
+import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from allq.config import ConfigError, ServerConfig
+from allq.errors import AllQError
+from allq.log import configure_logging
+from allq.tubes.config import EngineConfig
+
+log = logging.getLogger("allq.cli")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _add_logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="allq", description="allq: a federated job queue.")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    server = commands.add_parser(
+        "server",
+        help="run one queue server (a silo)",
+        description="Run one queue server. It refuses to start without --key and --allow.",
+    )
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    server.add_argument("--port", type=int, default=5555, help="TCP port (0: any free port)")
+    server.add_argument("--name", help="server_id: 1-32 of [A-Za-z0-9_-], prefixes job ids")
+    server.add_argument("--key", type=Path, help="the server's secret key file (allq keygen)")
+    server.add_argument("--allow", type=Path, help="allow-list of client public keys")
+    server.add_argument("--graceful-timeout", type=float, default=10.0, help="seconds")
+    server.add_argument("--max-job-bytes", type=int, default=1_048_576)
+    server.add_argument("--max-tubes", type=int, default=100_000)
+    server.add_argument("--max-jobs", type=int, default=0, help="0: unlimited")
+    server.add_argument("--default-ttr", type=int, default=3600)
+    server.add_argument("--fair-prefix", default="fq-")
+    _add_logging(server)
+    server.set_defaults(run=_cmd_server)
+
+    keygen = commands.add_parser(
+        "keygen",
+        help="write a server key pair, client key pairs and the allow-list",
+        description="Write server.key/.pub, client-N.key/.pub and clients.allow (mode 0600).",
+    )
+    keygen.add_argument("directory", type=Path)
+    keygen.add_argument("--clients", type=int, default=1, help="client key pairs to write")
+    keygen.add_argument("--force", action="store_true", help="overwrite existing files")
+    keygen.set_defaults(run=_cmd_keygen)
     return parser
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from allq.server_process import run_server
+
+    configure_logging(args.log_level, json_lines=args.log_json)
+    generated = args.name is None
+    try:
+        engine = EngineConfig(
+            server_id=args.name or "s-" + secrets.token_hex(4),
+            max_job_bytes=args.max_job_bytes,
+            max_tubes=args.max_tubes,
+            max_jobs=args.max_jobs,
+            default_ttr=args.default_ttr,
+            fair_prefix=args.fair_prefix,
+        )
+        config = ServerConfig(
+            engine=engine,
+            host=args.host,
+            port=args.port,
+            key_file=args.key,
+            allow_file=args.allow,
+            graceful_s=args.graceful_timeout,
+            server_id_generated=generated,
+        )
+        from allq.server_process import load_server_keys
+
+        load_server_keys(config)  # fail before binding, with the file named
+    except (ConfigError, AllQError) as exc:
+        print(f"allq server: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run_trio(partial(run_server, config))
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from allq.wire.keyfiles import KeyFileError, keygen
+
+    if args.clients < 1:
+        print("allq keygen: --clients must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        for line in keygen(args.directory, args.clients, args.force):
+            print(line)
+    except (KeyFileError, OSError) as exc:
+        print(f"allq keygen: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _run_trio(main: Callable[[], Awaitable[object]]) -> int:
+    """Run a process under trio; a stray Ctrl-C (even inside a group) exits with 130."""
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is not None:
+            return EXIT_INTERRUPTED
+        log.error("stopped by an error", exc_info=group)
+        return EXIT_FAILURE
+    except (ConfigError, OSError) as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,5 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
-        return 2
-    return 0
+        return EXIT_USAGE
+    run: Callable[[argparse.Namespace], int] = args.run
+    return run(args)

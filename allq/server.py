@@ -46,12 +46,16 @@ class ServerLimits:
 
 @dataclass(slots=True)
 class ServerStats:
+    """Live counters of `serve()`; `sessions` are the authenticated connections."""
+
     connections: int = 0
     accepted: int = 0
     refused_full: int = 0
+    sessions: set[Session] = field(default_factory=set)
+    drained: trio.Event = field(default_factory=trio.Event)
 
 
-async def serve(
+async def serve(  # noqa: ASYNC128 (delegated to _serve)
     shell: EngineShell,
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
     transport: Transport,
@@ -88,11 +92,29 @@ async def serve(
             await session.refuse(reason)
             return
         stats.connections += 1
+        stats.sessions.add(session)
+        log.info("connection %s open (%d open)", session.peer, stats.connections)
         try:
             await session.run()
         finally:
             stats.connections -= 1
+            stats.sessions.discard(session)
+            log.info("connection %s closed (%d open)", session.peer, stats.connections)
 
+    try:
+        await _serve(shell, listeners, handle, shutdown, stats, task_status)
+    finally:
+        stats.drained.set()
+
+
+async def _serve(
+    shell: EngineShell,
+    listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+    handle: Callable[[trio.abc.Stream], Awaitable[None]],
+    shutdown: ShutdownState,
+    stats: ServerStats,
+    task_status: trio.TaskStatus[None],
+) -> None:
     async with trio.open_nursery() as root:
         await root.start(shell.run)
         async with trio.open_nursery() as conn_nursery:

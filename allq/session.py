@@ -102,6 +102,9 @@ class Session:
         self._held: dict[str, str] = {}  # lease -> job id handed out on this connection
         self._changed = trio.Event()
         self._final_sent = False
+        self._scope: trio.CancelScope | None = None
+        #: The authenticated client key (encrypted transport), for allow-list revocation.
+        self.peer_key: bytes | None = getattr(stream, "peer_public", None)
 
     # -- main loop -----------------------------------------------------------------------
 
@@ -111,9 +114,16 @@ class Session:
         with trio.move_on_after(1, shield=True):
             await self.stream.aclose()
 
+    async def revoke(self) -> None:
+        """The client's key left the allow-list: final frame `revoked`, then close."""
+        await self._send_final("revoked", error="UNAUTHORIZED", message="client key revoked")
+        if self._scope is not None:
+            self._scope.cancel()
+
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
                 nursery.start_soon(self._watch_shutdown, nursery.cancel_scope)
                 await self._read_loop(nursery)
                 nursery.cancel_scope.cancel()

@@ -118,6 +118,8 @@ class Engine:
         self._effects: list[Effect] = []
         self.ops: dict[str, int] = {}
         self.errors: dict[str, int] = {}
+        #: Figures only the shell knows (connections, persistence), merged into `stats`.
+        self.extra_stats: Callable[[], dict[str, object]] | None = None
         from allq.tubes.workflow import Workflows  # cycle: workflow uses Engine's types
 
         self.workflows = Workflows(self)
@@ -955,6 +957,7 @@ class Engine:
                 "max_job_bytes": self.config.max_job_bytes,
             },
             "persistence": {"mode": "memory", "sync": None, "log_bytes": 0},
+            **(self.extra_stats() if self.extra_stats is not None else {}),
         }
 
     def _op_list_tubes(self, clean: dict[str, object], now: float) -> dict[str, object]:

@@ -1,0 +1,131 @@
+"""The `allq server` process: keys, listeners, signals, engine, serve (design.md §2.2).
+
+Task tree:
+
+    run_server
+    └─ root nursery
+       ├─ signal watcher      SIGINT/SIGTERM: graceful shutdown, a second one: stop now;
+       │                      SIGHUP: reload the allow-list, close revoked connections
+       └─ serve()             (allq.server) engine timers, sessions, accept loop
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import trio
+
+from allq.config import ConfigError, ServerConfig
+from allq.gatekeeper import Gatekeeper, GateLimits
+from allq.server import ServerLimits, ServerStats, serve
+from allq.session import SessionLimits, ShutdownState
+from allq.tubes.engine import Engine
+from allq.tubes.runner import EngineShell, UnixClock
+from allq.wire.keyfiles import AllowList, KeyFileError, KeyPair, load_allowlist, load_secret_key
+
+log = logging.getLogger(__name__)
+
+
+def load_server_keys(config: ServerConfig) -> tuple[KeyPair, AllowList]:
+    """The server key pair and allow-list; refuses to start without them, naming the file."""
+    if config.key_file is None:
+        raise ConfigError("the server needs its secret key file: pass --key FILE (see allq keygen)")
+    if config.allow_file is None:
+        raise ConfigError("the server needs an allow-list of client keys: pass --allow FILE")
+    for path in (config.key_file, config.allow_file):
+        if not path.exists():
+            raise ConfigError(f"key file {path} does not exist")
+    try:
+        return load_secret_key(config.key_file, role="server"), load_allowlist(config.allow_file)
+    except KeyFileError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+async def run_server(
+    config: ServerConfig,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one queue server until a signal stops it. Reports the bound address."""
+    keys, allowlist = load_server_keys(config)
+    listeners = await trio.open_tcp_listeners(config.port, host=config.host, backlog=config.backlog)
+    clock = UnixClock.start(time.time())
+    engine = Engine(config.engine, random_bytes=os.urandom, now=clock.now())
+    shell = EngineShell(engine, clock)
+    shutdown = ShutdownState(grace_s=config.graceful_s)
+    gate = Gatekeeper(keys, allowlist, limits=GateLimits(max_frame=config.max_frame))
+    stats = ServerStats()
+    limits = ServerLimits(
+        max_connections=config.max_connections,
+        session=SessionLimits(
+            max_inflight=config.max_inflight,
+            idle_timeout_s=config.idle_timeout_s,
+            write_stall_s=config.write_stall_s,
+        ),
+    )
+    engine.extra_stats = lambda: {"connections": stats.connections}
+    log.warning(
+        "persistence is off: jobs are kept in memory only and are lost when this server stops"
+    )
+    if config.server_id_generated:
+        log.warning(
+            "no --name given: this server is %s for this process only", config.engine.server_id
+        )
+    address = listeners[0].socket.getsockname()
+    async with trio.open_nursery() as root:
+        root.start_soon(_watch_signals, shutdown, root.cancel_scope, gate, config, stats)
+        await root.start(
+            lambda task_status: serve(
+                shell,
+                listeners,
+                gate,
+                shutdown=shutdown,
+                limits=limits,
+                stats=stats,
+                task_status=task_status,
+            )
+        )
+        log.info(
+            "allq server %s listening on %s:%s", config.engine.server_id, address[0], address[1]
+        )
+        task_status.started((str(address[0]), int(address[1])))
+        await shutdown.started.wait()
+        await stats.drained.wait()
+        root.cancel_scope.cancel()
+    log.info("allq server %s stopped", config.engine.server_id)
+
+
+async def _watch_signals(
+    shutdown: ShutdownState,
+    root: trio.CancelScope,
+    gate: Gatekeeper,
+    config: ServerConfig,
+    stats: ServerStats,
+) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                await _reload_allowlist(gate, config, stats)
+            elif not shutdown.started.is_set():
+                log.info("signal %s: graceful shutdown (grace %ss)", signum, shutdown.grace_s)
+                shutdown.begin()
+            else:
+                log.warning("second signal %s: stopping now", signum)
+                root.cancel()
+
+
+async def _reload_allowlist(gate: Gatekeeper, config: ServerConfig, stats: ServerStats) -> None:
+    assert config.allow_file is not None
+    try:
+        allowlist = load_allowlist(config.allow_file)
+    except (KeyFileError, OSError) as exc:
+        log.error("allow-list reload failed, keeping the old list: %s", exc)
+        return
+    gate.allowlist = allowlist
+    revoked = [s for s in stats.sessions if s.peer_key is not None and s.peer_key not in allowlist]
+    log.info("allow-list reloaded: %d keys, %d connection(s) revoked", len(allowlist), len(revoked))
+    for session in revoked:
+        await session.revoke()
