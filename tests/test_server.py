@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 
+from allq.session import SessionLimits
 from tests.helpers.servers import memory_server
 
 
@@ -255,3 +256,21 @@ async def test_new_connection_refused_when_full(autojump_clock: trio.testing.Moc
         assert (await first.result("ping"))["pong"] is True
         await first.aclose()
         await second.aclose()
+
+
+async def test_idle_connection_closed_exactly_after_idle_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with memory_server(session=SessionLimits(idle_timeout_s=10)) as server:
+        client = await server.client()
+        start = trio.current_time()
+        # A waiting reserve is in flight: the connection is not idle while it waits.
+        answer = await client.call("reserve", tubes=["t"], timeout=25)
+        assert answer["error"] == "TIMED_OUT"
+        assert trio.current_time() - start == pytest.approx(25)
+        closing = await client.next_event()
+        assert closing["closing"] == "idle"
+        # No frame since the reserve (t=0) and nothing in flight: closed at the next idle
+        # check, 3 x 10 s after the last frame.
+        assert trio.current_time() - start == pytest.approx(30)
+        await client.aclose()

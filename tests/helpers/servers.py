@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from allq.server import ServerLimits, ServerStats, serve
+from allq.server import ServerLimits, ServerStats, Transport, serve
 from allq.session import SessionLimits, ShutdownState
 from allq.tubes.runner import EngineShell, UnixClock
 from allq.wire.plain import PlainMessageStream
@@ -40,6 +40,7 @@ class Harness:
 @asynccontextmanager
 async def memory_server(
     *,
+    transport: Transport = plain_transport,
     grace_s: float = 10.0,
     session: SessionLimits | None = None,
     max_connections: int = 1024,
@@ -59,7 +60,7 @@ async def memory_server(
             await serve(
                 shell,
                 [listener],
-                plain_transport,
+                transport,
                 shutdown=shutdown,
                 limits=limits,
                 stats=stats,
