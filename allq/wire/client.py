@@ -32,7 +32,7 @@ from allq.errors import AllQError, error_from_code
 from allq.wire.connection import MAX_FRAME_CEILING
 from allq.wire.keyfiles import KeyPair, PublicKey
 from allq.wire.stream import client_handshake
-from allq.wire.transport import Message, MessageStream, RemoteProtocolError
+from allq.wire.transport import Message, MessageStream, ProtocolError, RemoteProtocolError
 
 U32_MAX: Final = 0xFFFF_FFFF
 DEFAULT_MAX_INFLIGHT: Final = 1_024
@@ -142,27 +142,29 @@ class Client:
             LocalProtocolError: the request cannot be encoded (nothing was sent).
         """
         await self._inflight.acquire()
-        try:
-            if self._lost is not None:
-                raise self._lost_error()
-            ident = next(self._ids)
-            while ident in self._slots:
-                ident = next(self._ids)
-            send, receive = trio.open_memory_channel[Message](1)
-            self._slots[ident] = send
-            self._ops[ident] = op
-            try:
-                await self.stream.send({**fields, "id": ident, "op": op})
-            except BaseException:
-                self._release(ident)
-                raise
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        if self._lost is not None:
             self._inflight.release()
+            raise self._lost_error()
+        ident = next(self._ids)
+        while ident in self._slots:
+            ident = next(self._ids)
+        send, receive = trio.open_memory_channel[Message](1)
+        self._slots[ident] = send  # the slot now holds the semaphore unit
+        self._ops[ident] = op
+        try:
+            await self.stream.send({**fields, "id": ident, "op": op})
+        except ProtocolError:
+            self._release(ident)  # refused locally: nothing was written
+            raise
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._release(ident)
             if isinstance(exc, ConnectionLost):
                 raise
             raise self._lost_error(f"send failed: {exc!r}") from exc
         except BaseException:
-            self._inflight.release()
+            # Cancelled mid-send: the request may have gone out, so keep its id until an
+            # answer (dropped, jobs returned) or the end of the connection.
+            self._abandoned.add(ident)
             raise
         return PendingRequest(self, ident, op, receive)
 
@@ -211,17 +213,21 @@ class Client:
 
     def _abandon(self, pending: PendingRequest) -> None:
         """The waiter was cancelled: drop its answer later; end an abandoned reserve."""
-        if pending.id not in self._slots or self._lost is not None:
-            return
         try:
             answer = pending._receiver.receive_nowait()
         except trio.WouldBlock:
-            self._abandoned.add(pending.id)
-            if pending.op == "reserve":
-                target: dict[str, object] = {"target": pending.id}
-                self._nursery.start_soon(self._background, "cancel", target)
+            pass
+        except (trio.EndOfChannel, trio.ClosedResourceError):
             return
-        self._return_jobs(pending.op, answer)
+        else:  # the answer was already routed to the slot: hand back any jobs
+            self._return_jobs(pending.op, answer)
+            return
+        if pending.id not in self._slots or self._lost is not None:
+            return
+        self._abandoned.add(pending.id)
+        if pending.op == "reserve":
+            target: dict[str, object] = {"target": pending.id}
+            self._nursery.start_soon(self._background, "cancel", target)
 
     def _return_jobs(self, op: str, answer: Message) -> None:
         result = answer.get("result")

@@ -20,7 +20,7 @@ from allq import errors
 from allq.wire.client import ConnectionLost, Pool, connect_stream, open_client, open_pool
 from allq.wire.handshake import ReplayCache
 from allq.wire.stream import EncryptedMessageStream, HandshakeFailed, server_handshake
-from allq.wire.transport import Message, MessageStream
+from allq.wire.transport import LocalProtocolError, Message, MessageStream
 from tests.wire.helpers import ALLOW, CLIENT, SERVER, STRANGER, encrypted_pair
 
 Responder = Callable[[MessageStream], Awaitable[None]]
@@ -189,6 +189,42 @@ async def test_abandoned_reserve_is_cancelled_and_its_jobs_returned(
         assert seen[1]["lease"] == "L" * 22
 
     await run_with(responder, body)
+
+
+async def test_answer_buffered_when_waiter_cancelled_returns_jobs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client_stream, server_stream = await encrypted_pair()
+    async with connect_stream(client_stream) as client:
+        pending = await client.start_reserve(["a"])
+        reserve = await server_stream.receive()
+        job = {"id": "s1,9", "lease": "Z" * 22}
+        await server_stream.send({"id": reserve["id"], "result": [job]})
+        await trio.testing.wait_all_tasks_blocked()  # the answer sits in the slot
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await pending.wait()
+        with trio.fail_after(5):  # virtual time: fails fast if no unreserve comes
+            unreserve = await server_stream.receive()
+        assert unreserve["op"] == "unreserve"
+        assert (unreserve["job_id"], unreserve["lease"]) == ("s1,9", "Z" * 22)
+        await server_stream.send({"id": unreserve["id"], "result": {}})
+    await server_stream.aclose()
+
+
+async def test_semaphore_is_not_over_released_on_send_failure() -> None:
+    client_stream, server_stream = await encrypted_pair()
+    async with connect_stream(client_stream, max_inflight=1) as client:
+        with pytest.raises(LocalProtocolError):
+            await client.request("put", body=object())
+        with pytest.raises(LocalProtocolError):
+            await client.request("put", body=object())
+        assert client._inflight.value == 1
+        await server_stream.aclose()
+        await client.closed.wait()
+        with pytest.raises(ConnectionLost):
+            await client.request("ping")
+        assert client._inflight.value == 1
 
 
 async def test_client_says_goodbye_with_a_final_frame() -> None:
