@@ -50,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--max-jobs", type=int, default=0, help="0: unlimited")
     server.add_argument("--default-ttr", type=int, default=3600)
     server.add_argument("--fair-prefix", default="fq-")
+    server.add_argument(
+        "--handshake-rate", type=float, default=100.0, help="handshakes/s in all (burst 2x)"
+    )
+    server.add_argument(
+        "--handshake-rate-per-source",
+        type=float,
+        default=10.0,
+        help="handshakes/s per source address (burst 2x)",
+    )
     _add_logging(server)
     server.set_defaults(run=_cmd_server)
 
@@ -86,6 +95,8 @@ def _cmd_server(args: argparse.Namespace) -> int:
             key_file=args.key,
             allow_file=args.allow,
             graceful_s=args.graceful_timeout,
+            handshake_rate=args.handshake_rate,
+            handshake_rate_per_source=args.handshake_rate_per_source,
             server_id_generated=generated,
         )
         from allq.server_process import load_server_keys

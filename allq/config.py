@@ -37,13 +37,21 @@ class ServerConfig:
     max_connections: int = 1024
     max_inflight: int = 1024
     backlog: int = 2048
+    handshake_rate: float = 100.0
+    handshake_rate_per_source: float = 10.0
     server_id_generated: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"setting port = {self.port!r}: must be 0 … 65535")
-        for name in ("graceful_s", "idle_timeout_s", "write_stall_s"):
+        for name in (
+            "graceful_s",
+            "idle_timeout_s",
+            "write_stall_s",
+            "handshake_rate",
+            "handshake_rate_per_source",
+        ):
             _positive(name, getattr(self, name))
         for name in ("max_connections", "max_inflight", "backlog"):
             value = getattr(self, name)

@@ -56,7 +56,17 @@ async def run_server(
     engine = Engine(config.engine, random_bytes=os.urandom, now=clock.now())
     shell = EngineShell(engine, clock)
     shutdown = ShutdownState(grace_s=config.graceful_s)
-    gate = Gatekeeper(keys, allowlist, limits=GateLimits(max_frame=config.max_frame))
+    gate = Gatekeeper(
+        keys,
+        allowlist,
+        limits=GateLimits(
+            max_frame=config.max_frame,
+            handshake_rate=config.handshake_rate,
+            handshake_burst=2 * config.handshake_rate,
+            handshake_rate_per_source=config.handshake_rate_per_source,
+            handshake_burst_per_source=2 * config.handshake_rate_per_source,
+        ),
+    )
     stats = ServerStats()
     limits = ServerLimits(
         max_connections=config.max_connections,
