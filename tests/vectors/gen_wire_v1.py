@@ -4,9 +4,10 @@ Run: `.venv/bin/python -m tests.vectors.gen_wire_v1 --write` (from the repositor
 
 Every input is derived from a label: `H(label, "allq1-testvector")` (BLAKE2b-256 with that
 personalisation), truncated to 24 bytes for nonces. Sections `inputs`, `handshake`,
-`rejected_handshakes`, `rejected_frames` and `decoder` are deterministic; `transport` is
-verify-only because libsodium draws each secretstream header from its RNG, so it changes on
-every run and tests check it by decrypting, not by comparing.
+`rejected_handshakes`, `rejected_frames`, `decoder` and `requests` (§10.6: per op one valid
+and one invalid request) are deterministic; `transport` is verify-only because libsodium
+draws each secretstream header from its RNG, so it changes on every run and tests check it by
+decrypting, not by comparing.
 """
 
 from __future__ import annotations
@@ -52,7 +53,14 @@ TS = 1_700_000_000
 SERVER_NOW = TS + 7
 MAX_FRAME = 1_048_576 + 65_536
 LOW_ORDER = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
-DETERMINISTIC = ("inputs", "handshake", "rejected_handshakes", "rejected_frames", "decoder")
+DETERMINISTIC = (
+    "inputs",
+    "handshake",
+    "rejected_handshakes",
+    "rejected_frames",
+    "decoder",
+    "requests",
+)
 
 
 def label(name: str, size: int = 32) -> bytes:
@@ -490,6 +498,143 @@ def decoder_cases() -> list[dict[str, Any]]:
     return cases
 
 
+# -- §10.6: per op, one valid and one invalid request ------------------------------------------
+
+VECTOR_JOB = "s1,vector-job-00000000001"
+VECTOR_LOCAL = "vector-job-00000000002"
+VECTOR_LEASE = "vector-lease-000000001"
+NO_JOB = {"code": "NOT_FOUND", "field": "job_id"}
+NO_TUBE = {"code": "NOT_FOUND", "field": "tube"}
+
+
+def bad(code: str, field: str) -> dict[str, str]:
+    return {"code": code, "field": field}
+
+
+#: (op, kind, name, arguments, expected outcome on a fresh server). For a valid request "ok"
+#: means a result; a code means the fields were accepted and the state decided (NOT_FOUND,
+#: TIMED_OUT). An invalid request breaks exactly one rule: a field rule of semantics.md §13.2,
+#: the put_batch envelope of §13.1, or the `cancel` fields of wire.md §5.3.
+# fmt: off
+REQUEST_CASES: list[tuple[str, str, str, dict[str, Any], Any]] = [
+    ("put", "valid", "every common field",
+     {"tube": "emails", "body": b"\x00\xffhello", "priority": 10, "ttr": 60.5,
+      "expired_limit": 3, "max_releases": 0, "shard_key": "user:42",
+      "idempotency_key": "order-7"}, "ok"),
+    ("put", "invalid", "priority above u32",
+     {"tube": "emails", "priority": 4_294_967_296}, bad("BAD_FORMAT", "priority")),
+    ("put_batch", "valid", "two items, one delayed",
+     {"jobs": [{"tube": "a"}, {"tube": "b", "delay": 5, "body": b""}]}, "ok"),
+    ("put_batch", "invalid", "empty jobs list (envelope)",
+     {"jobs": []}, bad("BAD_FORMAT", "jobs")),
+    ("put_parent", "valid", "every parent field",
+     {"tube": "flows", "timeout": 3600, "run_on_timeout": True, "limit": 2, "noop": False,
+      "on_child_failure": "bury"}, "ok"),
+    ("put_parent", "invalid", "delay is not a put_parent field",
+     {"tube": "flows", "delay": 5}, bad("BAD_FORMAT", "delay")),
+    ("reserve", "valid", "two tubes, a duplicate, no wait",
+     {"tubes": ["emails", "sms", "emails"], "count": 2, "timeout": 0, "owner": "worker-7"},
+     {"code": "TIMED_OUT", "field": None}),
+    ("reserve", "invalid", "bad second tube name",
+     {"tubes": ["emails", "no spaces"]}, bad("BAD_TUBE", "tubes[1]")),
+    ("cancel", "valid", "no such reserve in flight", {"target": 7}, "ok"),
+    ("cancel", "invalid", "target as text", {"target": "7"}, bad("BAD_FORMAT", "target")),
+    ("done", "valid", "full id and lease", {"job_id": VECTOR_JOB, "lease": VECTOR_LEASE},
+     NO_JOB),
+    ("done", "invalid", "job id one character short",
+     {"job_id": VECTOR_JOB[:-1], "lease": VECTOR_LEASE}, bad("BAD_FORMAT", "job_id")),
+    ("delete", "valid", "local id, no lease", {"job_id": VECTOR_LOCAL}, NO_JOB),
+    ("delete", "invalid", "lease with a bad character",
+     {"job_id": VECTOR_LOCAL, "lease": VECTOR_LEASE[:-1] + "."}, bad("BAD_FORMAT", "lease")),
+    ("touch", "valid", "id and lease", {"job_id": VECTOR_JOB, "lease": VECTOR_LEASE}, NO_JOB),
+    ("touch", "invalid", "job_id missing", {"lease": VECTOR_LEASE}, bad("BAD_FORMAT", "job_id")),
+    ("release", "valid", "priority and a fractional delay",
+     {"job_id": VECTOR_JOB, "lease": VECTOR_LEASE, "priority": 0, "delay": 2.5}, NO_JOB),
+    ("release", "invalid", "negative delay",
+     {"job_id": VECTOR_JOB, "delay": -1}, bad("BAD_FORMAT", "delay")),
+    ("bury", "valid", "priority as a float with no fraction",
+     {"job_id": VECTOR_JOB, "priority": 7.0}, NO_JOB),
+    ("bury", "invalid", "true as priority",
+     {"job_id": VECTOR_JOB, "priority": True}, bad("BAD_FORMAT", "priority")),
+    ("unreserve", "valid", "id and lease", {"job_id": VECTOR_JOB, "lease": VECTOR_LEASE},
+     NO_JOB),
+    ("unreserve", "invalid", "lease missing", {"job_id": VECTOR_JOB},
+     bad("BAD_FORMAT", "lease")),
+    ("kick", "valid", "bound, absent tube", {"tube": "emails", "bound": 10}, "ok"),
+    ("kick", "invalid", "bound 0", {"tube": "emails", "bound": 0}, bad("BAD_FORMAT", "bound")),
+    ("kick_job", "valid", "local id", {"job_id": VECTOR_LOCAL}, NO_JOB),
+    ("kick_job", "invalid", "integer job id", {"job_id": 5}, bad("BAD_FORMAT", "job_id")),
+    ("set_children_started", "valid", "full id", {"job_id": VECTOR_JOB}, NO_JOB),
+    ("set_children_started", "invalid", "unknown field",
+     {"job_id": VECTOR_JOB, "limit": 2}, bad("BAD_FORMAT", "limit")),
+    ("peek", "valid", "id of another server", {"job_id": "s2," + VECTOR_LOCAL}, NO_JOB),
+    ("peek", "invalid", "null job id", {"job_id": None}, bad("BAD_FORMAT", "job_id")),
+    ("peek_ready", "valid", "absent tube", {"tube": "emails"}, NO_TUBE),
+    ("peek_ready", "invalid", "name starting with '-'", {"tube": "-x"},
+     bad("BAD_TUBE", "tube")),
+    ("peek_delayed", "valid", "absent tube", {"tube": "emails"}, NO_TUBE),
+    ("peek_delayed", "invalid", "name of dots only", {"tube": ".."}, bad("BAD_TUBE", "tube")),
+    ("peek_buried", "valid", "absent tube", {"tube": "emails"}, NO_TUBE),
+    ("peek_buried", "invalid", "integer tube", {"tube": 7}, bad("BAD_TUBE", "tube")),
+    ("stats_job", "valid", "local id", {"job_id": VECTOR_LOCAL}, NO_JOB),
+    ("stats_job", "invalid", "23-character id", {"job_id": VECTOR_LOCAL + "x"},
+     bad("BAD_FORMAT", "job_id")),
+    ("stats_tube", "valid", "absent tube", {"tube": "emails"}, NO_TUBE),
+    ("stats_tube", "invalid", "201-byte name", {"tube": "a" * 201}, bad("BAD_TUBE", "tube")),
+    ("stats", "valid", "no fields", {}, "ok"),
+    ("stats", "invalid", "unknown field", {"verbose": True}, bad("BAD_FORMAT", "verbose")),
+    ("list_tubes", "valid", "after and limit", {"after": "a", "limit": 10}, "ok"),
+    ("list_tubes", "invalid", "limit 10001", {"limit": 10_001}, bad("BAD_FORMAT", "limit")),
+    ("ping", "valid", "no fields", {}, "ok"),
+    ("ping", "invalid", "unknown field", {"tube": "t"}, bad("BAD_FORMAT", "tube")),
+    ("pause", "valid", "duration", {"tube": "emails", "duration": 30}, "ok"),
+    ("pause", "invalid", "NaN duration", {"tube": "emails", "duration": math.nan},
+     bad("BAD_FORMAT", "duration")),
+    ("unpause", "valid", "absent tube", {"tube": "emails"}, "ok"),
+    ("unpause", "invalid", "tube missing", {}, bad("BAD_FORMAT", "tube")),
+    ("throttle", "valid", "fractional tps", {"tube": "emails", "tps": 2.5}, "ok"),
+    ("throttle", "invalid", "infinite tps", {"tube": "emails", "tps": math.inf},
+     bad("BAD_FORMAT", "tps")),
+    ("drain", "valid", "one tube", {"tube": "emails"}, "ok"),
+    ("drain", "invalid", "space in the name", {"tube": "a b"}, bad("BAD_TUBE", "tube")),
+    ("undrain", "valid", "server-wide (no tube)", {}, "ok"),
+    ("undrain", "invalid", "empty name", {"tube": ""}, bad("BAD_TUBE", "tube")),
+    ("set_shard_limit", "valid", "fair tube", {"tube": "fq-orders", "limit": 2}, "ok"),
+    ("set_shard_limit", "invalid", "fractional limit", {"tube": "fq-orders", "limit": 2.5},
+     bad("BAD_FORMAT", "limit")),
+    ("clear", "valid", "absent tube", {"tube": "emails"}, "ok"),
+    ("clear", "invalid", "slash in the name", {"tube": "a/b"}, bad("BAD_TUBE", "tube")),
+]
+# fmt: on
+
+
+def request_cases() -> dict[str, Any]:
+    cases: list[dict[str, Any]] = []
+    for index, (op, kind, name, args, expect) in enumerate(REQUEST_CASES, start=1):
+        message = {"id": index, "op": op, **args}
+        data = codec.encode(message)
+        assert diag(codec.decode(data)) == diag(message)
+        cases.append(
+            {
+                "op": op,
+                "kind": kind,
+                "name": name,
+                "cbor": data.hex(),
+                "diagnostic": diag(message),
+                "expect": expect,
+            }
+        )
+    return {
+        "note": "send each request to a fresh server (`server_id`, clock at `now`, default "
+        "settings). `expect` is 'ok' (a result) or the error code and field; on a valid "
+        "request a code is a state outcome (the fields were accepted). `cancel` is a "
+        "session op (wire.md §5.3), the rest are engine ops (semantics.md §14).",
+        "server_id": "s1",
+        "now": SERVER_NOW,
+        "cases": cases,
+    }
+
+
 def generate() -> dict[str, Any]:
     inputs, hs = handshake_section()
     return {
@@ -500,6 +645,7 @@ def generate() -> dict[str, Any]:
         "rejected_handshakes": rejected_handshakes(),
         "rejected_frames": rejected_frames(),
         "decoder": decoder_cases(),
+        "requests": request_cases(),
     }
 
 

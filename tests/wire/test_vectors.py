@@ -3,7 +3,10 @@
 Rules: the deterministic sections must equal a fresh run of the generator; the handshake is
 replayed from the file's inputs alone (hex), byte for byte, through the real engines; the
 verify-only transport frames are opened with the file's keys; every rejection case of the
-file is run through the engine and must fail with the recorded reason.
+file is run through the engine and must fail with the recorded reason. The `requests`
+section (§10.6) is decoded and applied: engine ops to a fresh engine (a rejection must leave
+its snapshot unchanged), and every request, `cancel` included, through the real session over
+the in-memory server, whose answer must carry the recorded code and field.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from allq.errors import AllQError
+from allq.tubes.validate import OPERATIONS
 from allq.wire import codec, handshake
 from allq.wire.connection import (
     NEED_DATA,
@@ -36,6 +41,8 @@ from allq.wire.keyfiles import (
     parse_secret_key,
 )
 from allq.wire.transport import RemoteProtocolError
+from tests.helpers.engines import diff, make_engine, snapshot
+from tests.helpers.servers import memory_server
 from tests.vectors import gen_wire_v1
 
 VECTORS: dict[str, Any] = json.loads(gen_wire_v1.PATH.read_text(encoding="utf-8"))
@@ -236,3 +243,91 @@ def test_decoder_cases(case: dict[str, Any]) -> None:
             codec.decode(data)
     else:
         assert gen_wire_v1.diag(codec.decode(data)) == case["diagnostic"]
+
+
+# -- §10.6: per op, one valid and one invalid request -------------------------------------
+
+REQUESTS = VECTORS["requests"]
+REQUEST_CASES: list[dict[str, Any]] = REQUESTS["cases"]
+
+
+def case_id(case: dict[str, Any]) -> str:
+    return f"{case['op']}-{case['kind']}"
+
+
+def outcome_of(error: AllQError) -> dict[str, str | None]:
+    return {"code": error.code, "field": error.field}
+
+
+@pytest.mark.parametrize("kind", ["valid", "invalid"])
+def test_request_cases_cover_every_op(kind: str) -> None:
+    ops = [case["op"] for case in REQUEST_CASES if case["kind"] == kind]
+    assert sorted(ops) == sorted(OPERATIONS | {"cancel"}), "one case per op and kind"
+
+
+def decoded_request(case: dict[str, Any]) -> tuple[str, dict[str, object]]:
+    message = codec.decode(bytes.fromhex(case["cbor"]))
+    assert codec.request_envelope_problem(message) is None
+    assert gen_wire_v1.diag(message) == case["diagnostic"]
+    op = message["op"]
+    assert isinstance(op, str)
+    assert op == case.get("op", op)
+    return op, {key: value for key, value in message.items() if key not in ("id", "op")}
+
+
+@pytest.mark.parametrize(
+    "case", [case for case in REQUEST_CASES if case["op"] != "cancel"], ids=case_id
+)
+def test_request_case_through_the_engine(case: dict[str, Any]) -> None:
+    op, args = decoded_request(case)
+    now = float(REQUESTS["now"])
+    engine = make_engine(now=now, server_id=REQUESTS["server_id"])
+    before = snapshot(engine)
+    outcome: object = "ok"
+    result: object = None
+    try:
+        result = engine.handle(op, args, now)
+    except AllQError as error:
+        outcome = outcome_of(error)
+    assert outcome == case["expect"], f"{op} answered {result!r}"
+    if outcome != "ok":
+        after = snapshot(engine)
+        assert after == before, "a rejected request changed: " + "; ".join(diff(before, after))
+    elif op == "put_batch":
+        assert isinstance(result, list)
+        assert all("error" not in item for item in result)
+    engine.check_invariants()
+
+
+@pytest.mark.parametrize("case", REQUEST_CASES, ids=case_id)
+async def test_request_case_through_the_session(case: dict[str, Any]) -> None:
+    """The wire answer to the vector bytes, `cancel` included (a session-level op)."""
+    message = codec.decode(bytes.fromhex(case["cbor"]))
+    request_id = message["id"]
+    assert isinstance(request_id, int)
+    async with memory_server(server_id=REQUESTS["server_id"]) as server:
+        client = await server.client()
+        await client.stream.send(message)
+        answer = await client.answer(request_id)
+        await client.aclose()
+    if case["expect"] == "ok":
+        assert "result" in answer, answer
+        if case["op"] == "cancel":
+            assert answer["result"] == {"outcome": "unknown"}
+        if case["op"] == "put_batch":
+            assert all("error" not in item for item in answer["result"])
+    else:
+        assert {"code": answer.get("error"), "field": answer.get("field")} == case["expect"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [case for case in VECTORS["decoder"] if "validation" in case],
+    ids=lambda case: case["name"],
+)
+def test_decoder_cases_validation(case: dict[str, Any]) -> None:
+    op, args = decoded_request(case)
+    engine = make_engine()
+    with pytest.raises(AllQError) as caught:
+        engine.handle(op, args, engine.now)
+    assert outcome_of(caught.value) == case["validation"]
