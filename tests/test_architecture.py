@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CORE_MODULES = sorted(
     str(path.relative_to(ROOT))
-    for pattern in ("allq/tubes/*.py", "allq/wire/*.py")
+    for pattern in ("allq/tubes/*.py", "allq/wire/*.py", "allq/gateway/health.py")
     for path in ROOT.glob(pattern)
     if path.name not in {"runner.py", "stream.py", "client.py", "plain.py", "serve.py"}
 )
