@@ -274,3 +274,18 @@ async def test_idle_connection_closed_exactly_after_idle_timeout(
         # check, 3 x 10 s after the last frame.
         assert trio.current_time() - start == pytest.approx(30)
         await client.aclose()
+
+
+async def test_in_flight_limit_stops_reading_until_answers_drain(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with memory_server(session=SessionLimits(max_inflight=2)) as server:
+        client = await server.client()
+        first = await client.send("reserve", tubes=["a"], timeout=10)
+        await client.send("reserve", tubes=["b"], timeout=20)
+        ping = await client.send("ping")  # read only once a reserve has been answered
+        start = trio.current_time()
+        assert (await client.answer(ping))["result"]["pong"] is True
+        assert trio.current_time() - start == pytest.approx(10)
+        assert client.order[0] == first  # the reserve's TIMED_OUT went out before the ping
+        await client.aclose()
