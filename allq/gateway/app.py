@@ -1,0 +1,199 @@
+"""`create_app`: the REST v1 front (api.md §1-2) as a Quart-Trio app over a `GatewayCore`.
+
+There is no module-level app. Every route comes from `routes.ROUTES`; each is wrapped so
+that, in order: the bearer token is checked (before_request, every route but /healthz and
+/readyz, unknown paths included), an in-flight slot is taken (429 OVERLOADED at once past
+`max_inflight`), path parameters, query and JSON body are checked, then the handler runs.
+
+Errors: `AllQError` -> `{"error": {"code","message","field"?}}` with `V1_HTTP_STATUS` (and
+`Retry-After` on 429/503); Werkzeug's HTTP errors (404, 405, 413, 408) -> the v1 shape
+under /v1/ (and the other v1 operation paths), `{"error": "<text>"}` elsewhere; anything
+else -> 500 INTERNAL, logged. Handlers are registered for leaf types: quart-trio unwraps
+ExceptionGroups raised by a handler and tries each member (design.md pitfall 19).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from allq import __version__
+from allq.errors import AllQError, BadFormat, JobTooBig, Unauthorized
+from allq.errors import NotFound as NotFoundError
+from allq.gateway.bodies import error_response, json_response, parse_json, parse_query
+from allq.gateway.core import GatewayCore
+from allq.gateway.openapi import build_document
+from allq.gateway.routes import ROUTES, Call, Limiter, Route, check_path
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a client has to send a whole request body.
+BODY_TIMEOUT_S = 30.0
+#: Added to the long-poll cap for Quart's RESPONSE_TIMEOUT (which, in quart-trio 0.12,
+#: bounds sending the response; the long poll itself is bounded by the cap).
+RESPONSE_MARGIN_S = 30.0
+#: Paths outside /v1/ that answer errors in the v1 shape.
+V1_SHAPED = ("/v1/", "/openapi.json", "/metrics")
+
+
+@dataclass(slots=True)
+class GatewayApp:
+    """What the app keeps: `app.extensions["allq"]`."""
+
+    core: GatewayCore
+    limiter: Limiter
+    long_poll_cap_s: float
+    api_token: str | None
+    document: dict[str, Any]
+
+
+def v1_shaped(path: str) -> bool:
+    return path == "/" or path.startswith(V1_SHAPED)
+
+
+def _token_ok(header: str, token: str) -> bool:
+    scheme, _, credentials = header.partition(" ")
+    given = hashlib.sha256(credentials.strip().encode("utf-8", "replace")).digest()
+    wanted = hashlib.sha256(token.encode("utf-8")).digest()
+    # Both sides hashed first: the comparison takes the same time whatever the lengths.
+    return hmac.compare_digest(given, wanted) and scheme.lower() == "bearer"
+
+
+def _view(route: Route, state: GatewayApp) -> Callable[..., Awaitable[Response]]:
+    async def view(**params: str) -> Response:
+        bound = state.limiter.request() if route.bounded else nullcontext()
+        with bound:
+            checked = {name: check_path(name, value) for name, value in params.items()}
+            query = parse_query(request.args.items(multi=True), route.query)
+            data = await request.get_data(cache=False, as_text=False)
+            raw = data if isinstance(data, bytes) else data.encode()
+            if route.body is not None:
+                body = route.body.parse(parse_json(raw))
+            elif raw.strip():
+                raise BadFormat(f"{route.method} {route.path} takes no request body")
+            else:
+                body = None
+            call = Call(
+                core=state.core,
+                limiter=state.limiter,
+                long_poll_cap_s=state.long_poll_cap_s,
+                params=checked,
+                body=body,
+                query=query,
+                document=state.document,
+            )
+            result = await route.handler(call)
+        if isinstance(result, Response):
+            return result
+        return json_response(result.payload, result.status, result.headers)
+
+    view.__name__ = route.name
+    view.__qualname__ = f"v1.{route.name}"
+    return view
+
+
+def _http_error(exc: HTTPException) -> Response:
+    path = request.path
+    status = exc.code or 500
+    headers: dict[str, str] = {}
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+    if not v1_shaped(path):
+        text = "not found" if isinstance(exc, NotFound) else (exc.name or "error").lower()
+        return json_response({"error": text}, status, headers)
+    error: AllQError
+    if status == 404:
+        error = NotFoundError(f"no route {path}")
+    elif status == 413:
+        error = JobTooBig("the request body is larger than the gateway's request limit")
+    elif status == 405:
+        allowed = headers.get("Allow", "")
+        error = BadFormat(f"{request.method} is not allowed on {path} (allowed: {allowed})")
+    elif status < 500:
+        error = BadFormat(exc.description or exc.name or "bad request")
+    else:
+        error = AllQError(exc.description or "internal error")
+    payload = {"error": error.to_record()}
+    return json_response(payload, status, headers)
+
+
+def create_app(
+    core: GatewayCore,
+    *,
+    api_token: str | None,
+    max_body_bytes: int,
+    max_inflight: int,
+    max_waiting: int,
+    long_poll_cap_s: float,
+) -> QuartTrio:
+    """The REST v1 app over `core` (see the module docstring).
+
+    `max_body_bytes`: larger requests get 413 JOB_TOO_BIG. `max_inflight` / `max_waiting`:
+    bounds on requests in flight and on waiting long polls (429 OVERLOADED past them).
+    `long_poll_cap_s`: the longest a reserve waits, whatever its `timeout` (≤ 300 asked).
+    """
+    if max_body_bytes < 1 or max_inflight < 1 or max_waiting < 0:
+        raise ValueError("max_body_bytes and max_inflight must be ≥ 1, max_waiting ≥ 0")
+    if not long_poll_cap_s > 0:
+        raise ValueError("long_poll_cap_s must be > 0")
+    if api_token is not None and not api_token:
+        raise ValueError("api_token must not be empty (give None for no token)")
+
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
+    app.config["RESPONSE_TIMEOUT"] = long_poll_cap_s + RESPONSE_MARGIN_S
+    state = GatewayApp(
+        core=core,
+        limiter=Limiter(max_inflight=max_inflight, max_waiting=max_waiting),
+        long_poll_cap_s=long_poll_cap_s,
+        api_token=api_token,
+        document=build_document(ROUTES, auth=api_token is not None, version=__version__),
+    )
+    app.extensions["allq"] = state
+    public = frozenset(route.path for route in ROUTES if not route.auth)
+
+    for route in ROUTES:
+        app.add_url_rule(
+            route.rule,
+            endpoint=route.name,
+            view_func=_view(route, state),
+            methods=[route.method],
+            provide_automatic_options=False,
+        )
+
+    @app.before_request
+    async def check_token() -> Response | None:
+        if api_token is None or request.path in public:
+            return None
+        if _token_ok(request.headers.get("Authorization", ""), api_token):
+            return None
+        if v1_shaped(request.path):
+            return error_response(Unauthorized("a valid 'Authorization: Bearer' token is needed"))
+        return json_response(
+            {"error": "unauthorized"}, 401, {"WWW-Authenticate": 'Bearer realm="allq"'}
+        )
+
+    async def on_allq_error(exc: AllQError) -> Response:
+        return error_response(exc)
+
+    async def on_http_error(exc: HTTPException) -> Response:
+        return _http_error(exc)
+
+    async def on_unexpected(exc: Exception) -> Response:
+        logger.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
+        return error_response(AllQError(f"internal error: {type(exc).__name__}"))
+
+    app.register_error_handler(AllQError, on_allq_error)
+    app.register_error_handler(HTTPException, on_http_error)
+    app.register_error_handler(Exception, on_unexpected)
+    return app
