@@ -69,7 +69,7 @@ class Rest:
             data = json.dumps(body).encode()
             sent.setdefault("Content-Type", "application/json")
         response = await self.client.open(
-            path, method=method, data=data, headers=sent, query_string=query
+            path, method=method, data=data, headers=sent, query_string=query, json=None
         )
         raw = await response.get_data(as_text=False)
         assert isinstance(raw, bytes)
