@@ -8,6 +8,7 @@ returns a `Reply` (or a ready `Response`). Handlers call nothing but `GatewayCor
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -604,7 +605,8 @@ async def cluster_stats(call: Call) -> Reply:
 
 
 async def healthz(call: Call) -> Reply:
-    return Reply({"status": "ok"})
+    # The pid tells which worker answered when several share the port.
+    return Reply({"status": "ok", "pid": os.getpid()})
 
 
 async def readyz(call: Call) -> Reply:

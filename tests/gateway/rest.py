@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from quart.testing.utils import sentinel
 from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 
@@ -69,7 +70,7 @@ class Rest:
             data = json.dumps(body).encode()
             sent.setdefault("Content-Type", "application/json")
         response = await self.client.open(
-            path, method=method, data=data, headers=sent, query_string=query, json=None
+            path, method=method, data=data, headers=sent, query_string=query, json=sentinel
         )
         raw = await response.get_data(as_text=False)
         assert isinstance(raw, bytes)
