@@ -62,6 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging(server)
     server.set_defaults(run=_cmd_server)
 
+    gateway = commands.add_parser(
+        "gateway",
+        help="run the gateway: REST API for workers over the queue servers",
+        description="Run the gateway (the AllQ client): REST v1 on --host:--port, "
+        "federating the queue servers of --servers.",
+    )
+    gateway.add_argument("--host", default="127.0.0.1", help="REST address (loopback)")
+    gateway.add_argument("--port", type=int, default=8090, help="REST port (0: any free port)")
+    gateway.add_argument(
+        "--servers", default="", help="queue servers, comma-separated host:port list"
+    )
+    gateway.add_argument("--key", type=Path, help="the gateway's client secret key file")
+    gateway.add_argument("--server-key", type=Path, help="the servers' public key file")
+    gateway.add_argument("--api-token", help="require 'Authorization: Bearer TOKEN'")
+    gateway.add_argument("--workers", type=int, default=1, help="Hypercorn worker processes")
+    gateway.add_argument("--graceful-timeout", type=float, default=10.0, help="seconds")
+    _add_logging(gateway)
+    gateway.set_defaults(run=_cmd_gateway)
+
     keygen = commands.add_parser(
         "keygen",
         help="write a server key pair, client key pairs and the allow-list",
@@ -106,6 +125,37 @@ def _cmd_server(args: argparse.Namespace) -> int:
         print(f"allq server: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return EXIT_USAGE
     return _run_trio(partial(run_server, config))
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from allq.gateway.process import (
+        GatewayProcessConfig,
+        core_config,
+        run_gateway,
+        run_gateway_workers,
+    )
+
+    configure_logging(args.log_level, json_lines=args.log_json)
+    try:
+        config = GatewayProcessConfig(
+            servers=[item.strip() for item in args.servers.split(",") if item.strip()],
+            key_file=args.key,
+            server_key_file=args.server_key,
+            host=args.host,
+            port=args.port,
+            api_token=args.api_token,
+            workers=args.workers,
+            graceful_s=args.graceful_timeout,
+            log_level=args.log_level,
+            log_json=args.log_json,
+        )
+        core_config(config)  # fail before binding, with the file named
+    except ConfigError as exc:
+        print(f"allq gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if config.workers > 1:
+        return run_gateway_workers(config)
+    return _run_trio(partial(run_gateway, config))
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:

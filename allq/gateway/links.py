@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +106,8 @@ class ServerLink:
 
     def snapshot(self) -> dict[str, Any]:
         record = self._book.get(self.key).snapshot()
+        if isinstance(last_ok := record["last_ok_at"], float):  # Trio time -> unix time
+            record["last_ok_at"] = round(time.time() - (trio.current_time() - last_ok), 3)
         state = "draining" if self.draining and record["state"] != "down" else record["state"]
         return {
             "id": self.server_id,

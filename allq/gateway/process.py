@@ -1,0 +1,191 @@
+"""The `allq gateway` process: keys, the gateway core, the REST front, signals.
+
+Task tree (design.md §2.2):
+
+    run_gateway
+    └─ root nursery
+       ├─ signal watcher        SIGINT/SIGTERM: graceful stop; a second one: stop now
+       ├─ open_gateway          one link task per queue server (connect, probe, failover)
+       └─ serve_rest            hypercorn.trio.serve(app, ...) with shutdown_trigger
+
+The core runs beside Hypercorn, not inside the app's lifespan, so a crashing core crashes
+the process and the app can be tested without lifespan (design.md §2.2, pitfall 17).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from allq.config import ConfigError
+from allq.gateway.cluster import GatewayConfig, ServerSpec, open_gateway
+from allq.gateway.health import HealthPolicy
+from allq.gateway.links import LinkSettings, ServerAddress
+from allq.wire.keyfiles import KeyFileError, load_public_key, load_secret_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayProcessConfig:
+    """Everything `allq gateway` needs (operations.md §2)."""
+
+    servers: list[str]
+    key_file: Path | None
+    server_key_file: Path | None
+    host: str = "127.0.0.1"
+    port: int = 8090
+    api_token: str | None = None
+    workers: int = 1
+    graceful_s: float = 10.0
+    max_body_bytes: int = 1_048_576 * 2
+    max_inflight: int = 10_000
+    max_waiting: int = 10_000
+    long_poll_cap_s: float = 300.0
+    log_level: str = "INFO"
+    log_json: bool = False
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    links: LinkSettings = field(default_factory=LinkSettings)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"setting port = {self.port!r}: must be 0 … 65535")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError(f"setting workers = {self.workers!r}: must be 1 … 64")
+        for address in self.servers:
+            try:
+                ServerAddress.parse(address)
+            except ValueError as exc:
+                raise ConfigError(f"setting servers: {exc}") from None
+
+
+def core_config(config: GatewayProcessConfig) -> GatewayConfig:
+    """Load the keys and build the core's configuration; errors name the file."""
+    if config.key_file is None:
+        raise ConfigError("the gateway needs its client secret key: pass --key FILE")
+    if config.server_key_file is None:
+        raise ConfigError("the gateway needs the servers' public key: pass --server-key FILE")
+    if not config.servers:
+        raise ConfigError("the gateway needs at least one queue server: pass --servers host:port")
+    for path in (config.key_file, config.server_key_file):
+        if not path.exists():
+            raise ConfigError(f"key file {path} does not exist")
+    try:
+        client_keys = load_secret_key(config.key_file, role="client")
+        server_public = load_public_key(config.server_key_file, role="server")
+    except KeyFileError as exc:
+        raise ConfigError(str(exc)) from None
+    return GatewayConfig(
+        servers=[ServerSpec(ServerAddress.parse(a)) for a in config.servers],
+        client_keys=client_keys,
+        server_public=server_public,
+        health=config.health,
+        links=config.links,
+    )
+
+
+async def run_gateway(
+    config: GatewayProcessConfig,
+    *,
+    sock: socket.socket | None = None,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one gateway (one Hypercorn worker with its own core) until told to stop.
+
+    Alone, it watches SIGINT/SIGTERM itself; as one of `--workers N` it is given the shared
+    listening `sock` and the parent's `shutdown_trigger`.
+    """
+    from allq.gateway.app import create_app
+    from allq.gateway.serve import serve_rest
+
+    core = core_config(config)
+    stop = trio.Event()
+    async with trio.open_nursery() as root:
+        if shutdown_trigger is None:
+            root.start_soon(_watch_signals, stop, root.cancel_scope)
+        else:
+            root.start_soon(_set_after, shutdown_trigger, stop)
+        async with open_gateway(core) as gateway:
+            app = create_app(
+                gateway,
+                api_token=config.api_token,
+                max_body_bytes=config.max_body_bytes,
+                max_inflight=config.max_inflight,
+                max_waiting=config.max_waiting,
+                long_poll_cap_s=config.long_poll_cap_s,
+            )
+            served = trio.Event()
+
+            async def rest(task_status: trio.TaskStatus[tuple[str, int]]) -> None:  # noqa: ASYNC128
+                try:
+                    await serve_rest(
+                        app,
+                        host=config.host,
+                        port=config.port,
+                        shutdown_trigger=stop.wait,
+                        graceful_timeout_s=config.graceful_s,
+                        sock=sock,
+                        task_status=task_status,
+                    )
+                finally:
+                    served.set()
+
+            host, port = await root.start(rest)
+            log.info("allq gateway listening on http://%s:%s", host, port)
+            task_status.started((host, port))
+            await stop.wait()
+            # Hypercorn drains within the graceful timeout; then the core closes.
+            with trio.move_on_after(config.graceful_s + 1):
+                await served.wait()
+        root.cancel_scope.cancel()
+    log.info("allq gateway stopped")
+
+
+async def _set_after(trigger: Callable[[], Awaitable[None]], stop: trio.Event) -> None:
+    await trigger()
+    stop.set()
+
+
+async def gateway_worker(
+    config: GatewayProcessConfig,
+    sock: socket.socket,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+) -> None:
+    """The body of one `--workers N` process (module level: it is pickled)."""
+    from allq.log import configure_logging
+
+    configure_logging(config.log_level, json_lines=config.log_json)  # spawned: fresh logging
+    await run_gateway(config, sock=sock, shutdown_trigger=shutdown_trigger)
+
+
+def run_gateway_workers(config: GatewayProcessConfig) -> int:
+    """`allq gateway --workers N`: N processes, each with its own core, on one socket."""
+    from allq.gateway.serve import run_workers
+
+    core_config(config)  # fail here, once, with the file named
+    return run_workers(
+        config.workers,
+        functools.partial(gateway_worker, config),
+        host=config.host,
+        port=config.port,
+        stop_timeout_s=config.graceful_s + 5,
+    )
+
+
+async def _watch_signals(stop: trio.Event, root: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if not stop.is_set():
+                log.info("signal %s: graceful shutdown", signum)
+                stop.set()
+            else:
+                log.warning("second signal %s: stopping now", signum)
+                root.cancel()
