@@ -1,0 +1,123 @@
+"""Failover end to end: real `allq server` processes, a real `allq gateway` process, HTTP.
+
+Rules: real processes and sockets, real time, every wait bounded by `trio.fail_after`;
+all processes are stopped (or killed) at the end of each test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tests.helpers.cluster import make_keys
+from tests.helpers.http import HttpClient
+from tests.helpers.processes import AllqProcess, gateway_args, server_args
+
+
+@dataclass
+class ProcessCluster:
+    keys: Path
+    servers: list[AllqProcess]
+    ports: list[int]
+    gateway: AllqProcess
+    address: tuple[str, int]
+
+
+async def servers_up(client: HttpClient, expected: set[str]) -> None:
+    while True:
+        status, body = await client.request("GET", "/v1/servers")
+        assert status == 200
+        up = {s["id"] for s in body["servers"] if s["state"] in ("up", "suspect")}
+        if expected <= up:
+            return
+        await trio.sleep(0.05)  # polling the API under test: it has no event to wait on
+
+
+@asynccontextmanager
+async def process_cluster(tmp_path: Path, n: int = 3) -> AsyncIterator[ProcessCluster]:
+    keys = make_keys(tmp_path / "keys")
+    servers: list[AllqProcess] = []
+    gateway: AllqProcess | None = None
+    try:
+        servers = [
+            AllqProcess(tmp_path / f"s{i}.log", *server_args(keys, f"s{i}"))
+            for i in range(1, n + 1)
+        ]
+        ports = [(await server.address())[1] for server in servers]
+        gateway = AllqProcess(
+            tmp_path / "gateway.log", *gateway_args(keys, [f"127.0.0.1:{p}" for p in ports])
+        )
+        address = await gateway.address()
+        yield ProcessCluster(keys, servers, ports, gateway, address)
+    finally:
+        if gateway is not None:
+            assert gateway.stop() == 0, gateway.log()
+        for server in servers:
+            server.stop()
+
+
+async def test_killing_a_server_mid_load_fails_fast_and_it_rejoins(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with process_cluster(tmp_path) as cluster:
+            admin = await HttpClient.connect(cluster.address)
+            await servers_up(admin, {"s1", "s2", "s3"})
+            statuses: list[tuple[str, int]] = []
+            killed = trio.Event()
+            after_kill_ok = 0
+
+            async def worker(n: int) -> None:
+                nonlocal after_kill_ok
+                client = await HttpClient.connect(cluster.address)
+                done: list[dict[str, Any]] = []
+                for _ in range(60):
+                    status, _ = await client.request(
+                        "POST", "/v1/tubes/load/jobs", {"body": f"w{n}"}
+                    )
+                    statuses.append(("put", status))
+                    status, body = await client.request(
+                        "POST", "/v1/reserve", {"tubes": ["load"], "timeout": 0.5, "done": done}
+                    )
+                    statuses.append(("reserve", status))
+                    done = (
+                        [{"id": j["id"], "lease": j["lease"]} for j in body.get("jobs", [])]
+                        if status == 200
+                        else []
+                    )
+                    if killed.is_set() and status == 200:
+                        after_kill_ok += 1
+                await client.aclose()
+
+            async with trio.open_nursery() as nursery:
+                for n in range(8):
+                    nursery.start_soon(worker, n)
+                while len(statuses) < 100:  # noqa: ASYNC110 (progress of the load, not an event)
+                    await trio.sleep(0.01)
+                cluster.servers[0].process.kill()  # kill -9 s1 mid-load
+                killed.set()
+            bad = [(op, s) for op, s in statuses if s not in (200, 201, 503)]
+            assert bad == [], bad
+            assert after_kill_ok > 50, "puts and reserves went on on the other servers"
+
+            # A request for a job of the dead server fails fast with 503 and Retry-After.
+            start = trio.current_time()
+            status, body = await admin.request("GET", "/v1/jobs/s1," + "A" * 22)
+            assert status == 503
+            assert body["error"]["code"] == "NO_SERVER"
+            assert trio.current_time() - start < 2.0
+
+            # The server comes back on the same port and rejoins.
+            cluster.servers[0].kill()
+            cluster.servers[0] = AllqProcess(
+                tmp_path / "s1-again.log", *server_args(cluster.keys, "s1", cluster.ports[0])
+            )
+            await cluster.servers[0].address()
+            await servers_up(admin, {"s1", "s2", "s3"})
+            status, body = await admin.request("POST", "/v1/tubes/after/pause", {})
+            assert status == 200
+            assert body["servers"] == 3
+            await admin.aclose()
