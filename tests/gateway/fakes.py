@@ -273,6 +273,8 @@ class FakeCore:
 
     async def tube_control(self, op: str, tube: str, fields: dict[str, Any]) -> dict[str, Any]:
         self._enter("tube_control", (op, tube, fields))
+        if op == "set_shard_limit" and not tube.startswith("fq-"):
+            raise BadFormat(f"tube {tube!r} is not fair", field="tube")
         self.settings.setdefault(tube, {})[op] = fields
         if op == "clear":
             counts = dict.fromkeys(("ready", "delayed", "reserved", "buried", "waiting"), 0)
