@@ -6,6 +6,7 @@ all processes are stopped (or killed) at the end of each test.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -121,3 +122,36 @@ async def test_killing_a_server_mid_load_fails_fast_and_it_rejoins(tmp_path: Pat
             assert status == 200
             assert body["servers"] == 3
             await admin.aclose()
+
+
+async def test_requester_disconnecting_mid_reserve_loses_no_job(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with process_cluster(tmp_path, n=2) as cluster:
+            admin = await HttpClient.connect(cluster.address)
+            await servers_up(admin, {"s1", "s2"})
+            leaver = await HttpClient.connect(cluster.address)
+            body = json.dumps({"tubes": ["dc"], "timeout": 30}).encode()
+            await leaver.stream.send_all(
+                b"POST /v1/reserve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await waiting_reservers(admin, 1)
+            await leaver.aclose()  # gone while its reserve waits on both servers
+            await waiting_reservers(admin, 0)
+            status, put = await admin.request("POST", "/v1/tubes/dc/jobs", {"body": "kept"})
+            assert status == 201
+            status, answer = await admin.request("POST", "/v1/reserve", {"tubes": ["dc"]})
+            assert status == 200
+            (job,) = answer["jobs"]
+            assert job["id"] == put["id"]
+            assert job["reserves"] == 1  # never handed to the requester that left
+            await admin.aclose()
+
+
+async def waiting_reservers(client: HttpClient, per_server: int) -> None:
+    while True:
+        _, stats = await client.request("GET", "/v1/stats")
+        if all(s["waiting_reservers"] == per_server for s in stats["servers"].values()):
+            return
+        await trio.sleep(0.05)  # polling the API under test: it has no event to wait on
