@@ -78,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--api-token", help="require 'Authorization: Bearer TOKEN'")
     gateway.add_argument("--workers", type=int, default=1, help="Hypercorn worker processes")
     gateway.add_argument("--graceful-timeout", type=float, default=10.0, help="seconds")
+    gateway.add_argument(
+        "--probe-interval", type=float, default=1.0, help="seconds between health probes"
+    )
+    gateway.add_argument(
+        "--probe-timeout", type=float, default=2.0, help="a probe slower than this fails"
+    )
+    gateway.add_argument(
+        "--fail-after", type=int, default=3, help="failed probes before a server is down"
+    )
+    gateway.add_argument(
+        "--request-timeout", type=float, default=10.0, help="seconds for one server request"
+    )
     _add_logging(gateway)
     gateway.set_defaults(run=_cmd_gateway)
 
@@ -137,6 +149,9 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level, json_lines=args.log_json)
     try:
+        from allq.gateway.health import HealthPolicy
+        from allq.gateway.links import LinkSettings
+
         config = GatewayProcessConfig(
             servers=[item.strip() for item in args.servers.split(",") if item.strip()],
             key_file=args.key,
@@ -148,9 +163,15 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
             graceful_s=args.graceful_timeout,
             log_level=args.log_level,
             log_json=args.log_json,
+            health=HealthPolicy(fail_after=args.fail_after),
+            links=LinkSettings(
+                probe_interval_s=args.probe_interval,
+                probe_timeout_s=args.probe_timeout,
+                request_timeout_s=args.request_timeout,
+            ),
         )
         core_config(config)  # fail before binding, with the file named
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:
         print(f"allq gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if config.workers > 1:

@@ -56,6 +56,11 @@ class LinkSettings:
     backoff_max_s: float = 5.0
     pool_size: int = 2
 
+    def __post_init__(self) -> None:
+        for name in ("probe_interval_s", "probe_timeout_s", "request_timeout_s", "backoff_min_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"setting {name} = {getattr(self, name)!r}: must be > 0")
+
 
 class ServerLink:
     """A configured queue server: address, keys, connection pool, in-flight requests."""

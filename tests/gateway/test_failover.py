@@ -7,6 +7,7 @@ all processes are stopped (or killed) at the end of each test.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ async def servers_up(client: HttpClient, expected: set[str]) -> None:
 
 
 @asynccontextmanager
-async def process_cluster(tmp_path: Path, n: int = 3) -> AsyncIterator[ProcessCluster]:
+async def process_cluster(
+    tmp_path: Path, n: int = 3, gateway_extra: tuple[str, ...] = ()
+) -> AsyncIterator[ProcessCluster]:
     keys = make_keys(tmp_path / "keys")
     servers: list[AllqProcess] = []
     gateway: AllqProcess | None = None
@@ -51,7 +54,8 @@ async def process_cluster(tmp_path: Path, n: int = 3) -> AsyncIterator[ProcessCl
         ]
         ports = [(await server.address())[1] for server in servers]
         gateway = AllqProcess(
-            tmp_path / "gateway.log", *gateway_args(keys, [f"127.0.0.1:{p}" for p in ports])
+            tmp_path / "gateway.log",
+            *gateway_args(keys, [f"127.0.0.1:{p}" for p in ports], *gateway_extra),
         )
         address = await gateway.address()
         yield ProcessCluster(keys, servers, ports, gateway, address)
@@ -155,3 +159,36 @@ async def waiting_reservers(client: HttpClient, per_server: int) -> None:
         if all(s["waiting_reservers"] == per_server for s in stats["servers"].values()):
             return
         await trio.sleep(0.05)  # polling the API under test: it has no event to wait on
+
+
+async def test_a_hung_server_is_marked_down_and_its_requests_freed(tmp_path: Path) -> None:
+    """SIGSTOP: the server keeps its sockets but answers nothing; only probes can tell."""
+    with trio.fail_after(60):
+        async with process_cluster(
+            tmp_path,
+            n=2,
+            gateway_extra=("--probe-interval", "0.2", "--probe-timeout", "0.5",
+                           "--fail-after", "2", "--request-timeout", "30"),
+        ) as cluster:  # fmt: skip
+            admin = await HttpClient.connect(cluster.address)
+            await servers_up(admin, {"s1", "s2"})
+            stuck = await HttpClient.connect(cluster.address)
+            hung = cluster.servers[0].process
+            hung.send_signal(signal.SIGSTOP)
+            try:
+                start = trio.current_time()
+                status, body = await stuck.request("GET", "/v1/jobs/s1," + "A" * 22)
+                elapsed = trio.current_time() - start
+                # freed when s1 was marked down, long before the 30 s request timeout
+                assert (status, body["error"]["code"]) == (503, "NO_SERVER")
+                assert elapsed < 10
+                _, servers = await admin.request("GET", "/v1/servers")
+                s1 = next(s for s in servers["servers"] if s["id"] == "s1")
+                assert (s1["state"], s1["in_flight"]) == ("down", 0)
+                status, put = await admin.request("POST", "/v1/tubes/h/jobs", {"body": "x"})
+                assert (status, put["id"].split(",")[0]) == (201, "s2")
+            finally:
+                hung.send_signal(signal.SIGCONT)
+            await servers_up(admin, {"s1", "s2"})
+            await stuck.aclose()
+            await admin.aclose()
