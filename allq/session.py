@@ -247,13 +247,12 @@ class Session:
 
     async def _serve_cancel(self, request_id: int, args: dict[str, object]) -> None:
         try:
-            target = args.get("target")
-            if set(args) != {"target"} or not isinstance(target, int) or isinstance(target, bool):
-                error = BadFormat(
-                    "cancel takes exactly one field, target: a request id", field="target"
-                )
+            error = _cancel_problem(args)
+            if error is not None:
                 await self._send({"id": request_id, **_error_body(error)})
                 return
+            target = args["target"]
+            assert isinstance(target, int)
             pending = self._pending.get(target)
             if pending is None:
                 outcome = "unknown"
@@ -320,6 +319,19 @@ class Session:
             if job is None or job.lease != lease:
                 del self._held[lease]
         return bool(self._held)
+
+
+def _cancel_problem(args: Mapping[str, object]) -> BadFormat | None:
+    """`cancel` takes exactly `target`, a u32 request id (wire.md §5.3)."""
+    for name in args:
+        if name != "target":
+            return BadFormat(f"cancel takes no field {name!r}", field=name)
+    target = args.get("target")
+    if target is None:
+        return BadFormat("cancel needs the field 'target'", field="target")
+    if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target <= 2**32 - 1:
+        return BadFormat("target must be a request id, an integer 0 … 4294967295", field="target")
+    return None
 
 
 def _error_body(error: AllQError) -> dict[str, object]:

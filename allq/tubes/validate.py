@@ -68,9 +68,14 @@ def duration(value: object, field: str, low: float, high: float) -> float:
     assert isinstance(value, int | float)
     if isinstance(value, float) and not math.isfinite(value):
         raise BadFormat(f"{field} must be finite, got {value!r}", field=field)
+    out_of_range = BadFormat(
+        f"{field} must be in {low:g} … {high:g} seconds, got {value}", field=field
+    )
+    if not low - 1 <= value <= high + 1:  # before rounding: huge values overflow Decimal
+        raise out_of_range
     rounded = float(Decimal(repr(value)).quantize(_MS, rounding=ROUND_HALF_UP))
     if not low <= rounded <= high:
-        raise BadFormat(f"{field} must be in {low:g} … {high:g} seconds, got {value}", field=field)
+        raise out_of_range
     return rounded
 
 

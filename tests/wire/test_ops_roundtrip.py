@@ -42,7 +42,7 @@ MAX_JOB_BYTES = 64  # small, so JOB_TOO_BIG is cheap to reach
 NOW = START
 INT_MIN, INT_MAX = -(2**64), 2**64 - 1  # the CBOR integer range
 #: validate.duration breaks at |value| >= 1e25 (see test_huge_durations_are_bad_format);
-#: the generated out-of-range durations stay below that, the xfail test covers the rest.
+#: the generated out-of-range durations stay below that; a regression test covers the rest.
 DURATION_SANE = 1e24
 FAIR = "fq-"
 
@@ -717,7 +717,7 @@ def test_cancel_invalid(fields: dict[str, object]) -> None:
     assert (answer.get("error"), answer.get("field")) == ("BAD_FORMAT", "target")
 
 
-# -- known defects (xfail strict: they flip to failures once fixed, so remove the marks) ----
+# -- defects found by these tests, fixed: kept as regression tests ----------------------------
 
 HUGE_DURATIONS = [
     ("put", {"tube": "t"}, "delay", 1e25),
@@ -729,10 +729,6 @@ HUGE_DURATIONS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: validate.duration raises decimal.InvalidOperation for |value| >= 1e25",
-)
 @pytest.mark.parametrize(("op", "base", "field", "value"), HUGE_DURATIONS, ids=str)
 def test_huge_durations_are_bad_format(
     op: str, base: dict[str, object], field: str, value: float
@@ -743,29 +739,17 @@ def test_huge_durations_are_bad_format(
     assert (error.code, error.field) == ("BAD_FORMAT", field)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="same engine bug: in put_batch it escapes the item and fails the whole request",
-)
 def test_huge_duration_in_a_batch_item() -> None:
     args = over_the_wire("put_batch", {"jobs": [{"tube": "t", "delay": 1e30}]})
     result = settled(busy()).engine.handle("put_batch", args, NOW)
     assert item_error(result, 0) == {"code": "BAD_FORMAT", "field": "jobs[0].delay"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session bug: cancel blames 'target' for an unknown field (wire.md §5.1)",
-)
 def test_cancel_unknown_field_is_named() -> None:
     answer = cancel_answer({"target": 1, "extra": 1})
     assert (answer.get("error"), answer.get("field")) == ("BAD_FORMAT", "extra")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session: cancel takes any integer target, not a u32 (wire.md §5.1, §5.3)",
-)
 @pytest.mark.parametrize("target", [-1, UINT32_MAX + 1, INT_MAX], ids=repr)
 def test_cancel_target_outside_u32_is_bad_format(target: int) -> None:
     answer = cancel_answer({"target": target})
