@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument(
         "--request-timeout", type=float, default=10.0, help="seconds for one server request"
     )
+    gateway.add_argument(
+        "--max-inflight", type=int, default=10_000, help="requests in flight before 429"
+    )
+    gateway.add_argument(
+        "--max-waiting", type=int, default=10_000, help="waiting long polls before 429"
+    )
+    gateway.add_argument(
+        "--long-poll-cap", type=float, default=300.0, help="longest reserve wait, seconds"
+    )
     _add_logging(gateway)
     gateway.set_defaults(run=_cmd_gateway)
 
@@ -161,6 +170,9 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
             api_token=args.api_token,
             workers=args.workers,
             graceful_s=args.graceful_timeout,
+            max_inflight=args.max_inflight,
+            max_waiting=args.max_waiting,
+            long_poll_cap_s=args.long_poll_cap,
             log_level=args.log_level,
             log_json=args.log_json,
             health=HealthPolicy(fail_after=args.fail_after),

@@ -73,3 +73,33 @@ def test_server_without_allow_list_names_the_flag(
     code = main(["server", "--key", str(tmp_path / "k" / "server.key")])
     assert code == EXIT_USAGE
     assert "--allow" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "workers"),
+        (["--servers", "nope"], "host:port"),
+        (["--long-poll-cap", "301"], "long_poll_cap_s"),
+        (["--probe-interval", "0"], "probe_interval_s"),
+        ([], "--key"),
+    ],
+)
+def test_gateway_bad_setting_names_it(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["gateway", *args]) == EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_gateway_without_servers_names_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["keygen", str(tmp_path / "k")])
+    capsys.readouterr()
+    keys = tmp_path / "k"
+    code = main(
+        ["gateway", "--key", str(keys / "client-1.key"), "--server-key", str(keys / "server.pub")]
+    )
+    assert code == EXIT_USAGE
+    assert "--servers" in capsys.readouterr().err

@@ -59,6 +59,13 @@ class GatewayProcessConfig:
             raise ConfigError(f"setting port = {self.port!r}: must be 0 … 65535")
         if not 1 <= self.workers <= 64:
             raise ConfigError(f"setting workers = {self.workers!r}: must be 1 … 64")
+        for name in ("max_inflight", "max_waiting"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"setting {name} = {getattr(self, name)!r}: must be ≥ 1")
+        if not 0 < self.long_poll_cap_s <= 300:
+            raise ConfigError(
+                f"setting long_poll_cap_s = {self.long_poll_cap_s!r}: must be in (0, 300]"
+            )
         for address in self.servers:
             try:
                 ServerAddress.parse(address)
