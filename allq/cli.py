@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--clients", type=int, default=1, help="client key pairs to write")
     keygen.add_argument("--force", action="store_true", help="overwrite existing files")
     keygen.set_defaults(run=_cmd_keygen)
+
+    from allq.cli_ops import add_operator_commands
+
+    add_operator_commands(commands)
     return parser
 
 
