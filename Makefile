@@ -23,10 +23,13 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-up: $(STAMP)
-	@echo "make up needs 'allq up' (the embedded cluster), which arrives with the operations issue."
-	@echo "Until then run a single queue server: $(BIN)/allq server --help"
-	@exit 1
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# The embedded cluster: 2 queue servers + 1 gateway on http://127.0.0.1:8090 (ARGS to add flags).
+up: $(VENV)/.installed
+	$(BIN)/allq up $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -102,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging(gateway)
     gateway.set_defaults(run=_cmd_gateway)
 
+    up = commands.add_parser(
+        "up",
+        help="run an embedded cluster: N queue servers and a gateway in one process",
+        description="Run N queue servers and a gateway in one process tree; keys are made "
+        "under --data-dir on first start. Ctrl-C stops everything.",
+    )
+    up.add_argument("--servers", type=int, default=2, help="embedded queue servers")
+    up.add_argument("--host", default="127.0.0.1", help="REST address (loopback)")
+    up.add_argument("--port", type=int, default=8090, help="REST port (0: any free port)")
+    up.add_argument("--data-dir", type=Path, default=Path(".allq"), help="keys (and data)")
+    up.add_argument("--memory", action="store_true", help="keep jobs in memory only")
+    up.add_argument("--api-token", help="require 'Authorization: Bearer TOKEN'")
+    _add_logging(up)
+    up.set_defaults(run=_cmd_up)
+
     keygen = commands.add_parser(
         "keygen",
         help="write a server key pair, client key pairs and the allow-list",
@@ -195,6 +210,25 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     return _run_trio(partial(run_gateway, config))
 
 
+def _cmd_up(args: argparse.Namespace) -> int:
+    from allq.up import UpConfig, run_up
+
+    configure_logging(args.log_level, json_lines=args.log_json)
+    try:
+        config = UpConfig(
+            servers=args.servers,
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            memory=args.memory,
+            api_token=args.api_token,
+        )
+    except ConfigError as exc:
+        print(f"allq up: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run_trio(partial(run_up, config))
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from allq.wire.keyfiles import KeyFileError, keygen
 
@@ -211,9 +245,12 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _run_trio(main: Callable[[], Awaitable[object]]) -> int:
-    """Run a process under trio; a stray Ctrl-C (even inside a group) exits with 130."""
+    """Run a process under trio; a stray Ctrl-C (even inside a group) exits with 130.
+
+    A main that returns an int gives the exit code; otherwise success is 0.
+    """
     try:
-        trio.run(main)
+        result = trio.run(main)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BaseExceptionGroup as group:
@@ -224,7 +261,7 @@ def _run_trio(main: Callable[[], Awaitable[object]]) -> int:
     except (ConfigError, OSError) as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
-    return EXIT_OK
+    return result if isinstance(result, int) else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

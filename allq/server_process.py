@@ -47,15 +47,22 @@ def load_server_keys(config: ServerConfig) -> tuple[KeyPair, AllowList]:
 async def run_server(
     config: ServerConfig,
     *,
+    shutdown: ShutdownState | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run one queue server until a signal stops it. Reports the bound address."""
+    """Run one queue server until a signal (or `shutdown`) stops it; reports its address.
+
+    With `shutdown` given (embedded use, `allq up`) the caller owns signals and starts the
+    graceful shutdown through it; otherwise this process watches SIGINT/SIGTERM/SIGHUP.
+    """
     keys, allowlist = load_server_keys(config)
     listeners = await trio.open_tcp_listeners(config.port, host=config.host, backlog=config.backlog)
     clock = UnixClock.start(time.time())
     engine = Engine(config.engine, random_bytes=os.urandom, now=clock.now())
     shell = EngineShell(engine, clock)
-    shutdown = ShutdownState(grace_s=config.graceful_s)
+    own_signals = shutdown is None
+    if shutdown is None:
+        shutdown = ShutdownState(grace_s=config.graceful_s)
     gate = Gatekeeper(
         keys,
         allowlist,
@@ -86,7 +93,8 @@ async def run_server(
         )
     address = listeners[0].socket.getsockname()
     async with trio.open_nursery() as root:
-        root.start_soon(_watch_signals, shutdown, root.cancel_scope, gate, config, stats)
+        if own_signals:
+            root.start_soon(_watch_signals, shutdown, root.cancel_scope, gate, config, stats)
         await root.start(
             lambda task_status: serve(
                 shell,

@@ -25,7 +25,7 @@ from pathlib import Path
 import trio
 
 from allq.config import ConfigError
-from allq.gateway.cluster import GatewayConfig, ServerSpec, open_gateway
+from allq.gateway.cluster import GatewayConfig, ServerSpec, open_gateway, wait_until_ready
 from allq.gateway.health import HealthPolicy
 from allq.gateway.links import LinkSettings, ServerAddress
 from allq.wire.keyfiles import KeyFileError, load_public_key, load_secret_key
@@ -40,6 +40,8 @@ class GatewayProcessConfig:
     servers: list[str]
     key_file: Path | None
     server_key_file: Path | None
+    #: Per-server public keys (address -> file), for servers that do not share one pair.
+    server_public_key_files: dict[str, Path] = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 8090
     api_token: str | None = None
@@ -77,20 +79,31 @@ def core_config(config: GatewayProcessConfig) -> GatewayConfig:
     """Load the keys and build the core's configuration; errors name the file."""
     if config.key_file is None:
         raise ConfigError("the gateway needs its client secret key: pass --key FILE")
-    if config.server_key_file is None:
+    if config.server_key_file is None and not config.server_public_key_files:
         raise ConfigError("the gateway needs the servers' public key: pass --server-key FILE")
     if not config.servers:
         raise ConfigError("the gateway needs at least one queue server: pass --servers host:port")
-    for path in (config.key_file, config.server_key_file):
-        if not path.exists():
+    paths = [config.key_file, config.server_key_file, *config.server_public_key_files.values()]
+    for path in paths:
+        if path is not None and not path.exists():
             raise ConfigError(f"key file {path} does not exist")
     try:
         client_keys = load_secret_key(config.key_file, role="client")
-        server_public = load_public_key(config.server_key_file, role="server")
+        server_public = (
+            None
+            if config.server_key_file is None
+            else load_public_key(config.server_key_file, role="server")
+        )
+        per_server = {
+            address: load_public_key(path, role="server")
+            for address, path in config.server_public_key_files.items()
+        }
     except KeyFileError as exc:
         raise ConfigError(str(exc)) from None
     return GatewayConfig(
-        servers=[ServerSpec(ServerAddress.parse(a)) for a in config.servers],
+        servers=[
+            ServerSpec(ServerAddress.parse(a), public_key=per_server.get(a)) for a in config.servers
+        ],
         client_keys=client_keys,
         server_public=server_public,
         health=config.health,
@@ -103,6 +116,7 @@ async def run_gateway(
     *,
     sock: socket.socket | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    wait_for_servers: int = 0,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one gateway (one Hypercorn worker with its own core) until told to stop.
@@ -146,6 +160,9 @@ async def run_gateway(
                     served.set()
 
             host, port = await root.start(rest)
+            if wait_for_servers:  # embedded use: report started once the servers are routable
+                with trio.move_on_after(config.links.request_timeout_s):
+                    await wait_until_ready(gateway, servers=wait_for_servers)
             log.info("allq gateway listening on http://%s:%s", host, port)
             task_status.started((host, port))
             await stop.wait()
