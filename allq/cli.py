@@ -7,27 +7,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from allq.config import ConfigError, ServerConfig
 from allq.errors import AllQError
 from allq.log import configure_logging
+from allq.settings import add_flags, from_args
 from allq.tubes.config import EngineConfig
 
 log = logging.getLogger("allq.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-def _add_logging(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,84 +35,30 @@ def build_parser() -> argparse.ArgumentParser:
     server = commands.add_parser(
         "server",
         help="run one queue server (a silo)",
-        description="Run one queue server. It refuses to start without --key and --allow.",
+        description="Run one queue server. It refuses to start without --key and --allow. "
+        "Every flag also reads ALLQ_SERVER_<NAME> and [server] in --config.",
     )
-    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    server.add_argument("--port", type=int, default=5555, help="TCP port (0: any free port)")
-    server.add_argument("--name", help="server_id: 1-32 of [A-Za-z0-9_-], prefixes job ids")
-    server.add_argument("--key", type=Path, help="the server's secret key file (allq keygen)")
-    server.add_argument("--allow", type=Path, help="allow-list of client public keys")
-    server.add_argument("--graceful-timeout", type=float, default=10.0, help="seconds")
-    server.add_argument("--max-job-bytes", type=int, default=1_048_576)
-    server.add_argument("--max-tubes", type=int, default=100_000)
-    server.add_argument("--max-jobs", type=int, default=0, help="0: unlimited")
-    server.add_argument("--default-ttr", type=int, default=3600)
-    server.add_argument("--fair-prefix", default="fq-")
-    server.add_argument(
-        "--handshake-rate", type=float, default=100.0, help="handshakes/s in all (burst 2x)"
-    )
-    server.add_argument(
-        "--handshake-rate-per-source",
-        type=float,
-        default=10.0,
-        help="handshakes/s per source address (burst 2x)",
-    )
-    _add_logging(server)
+    add_flags(server, "server")
     server.set_defaults(run=_cmd_server)
 
     gateway = commands.add_parser(
         "gateway",
         help="run the gateway: REST API for workers over the queue servers",
-        description="Run the gateway (the AllQ client): REST v1 on --host:--port, "
-        "federating the queue servers of --servers.",
+        description="Run the gateway (the AllQ client): REST v1 on --host:--port, federating "
+        "the queue servers of --servers. Every flag also reads ALLQ_GATEWAY_<NAME> and "
+        "[gateway] in --config.",
     )
-    gateway.add_argument("--host", default="127.0.0.1", help="REST address (loopback)")
-    gateway.add_argument("--port", type=int, default=8090, help="REST port (0: any free port)")
-    gateway.add_argument(
-        "--servers", default="", help="queue servers, comma-separated host:port list"
-    )
-    gateway.add_argument("--key", type=Path, help="the gateway's client secret key file")
-    gateway.add_argument("--server-key", type=Path, help="the servers' public key file")
-    gateway.add_argument("--api-token", help="require 'Authorization: Bearer TOKEN'")
-    gateway.add_argument("--workers", type=int, default=1, help="Hypercorn worker processes")
-    gateway.add_argument("--graceful-timeout", type=float, default=10.0, help="seconds")
-    gateway.add_argument(
-        "--probe-interval", type=float, default=1.0, help="seconds between health probes"
-    )
-    gateway.add_argument(
-        "--probe-timeout", type=float, default=2.0, help="a probe slower than this fails"
-    )
-    gateway.add_argument(
-        "--fail-after", type=int, default=3, help="failed probes before a server is down"
-    )
-    gateway.add_argument(
-        "--request-timeout", type=float, default=10.0, help="seconds for one server request"
-    )
-    gateway.add_argument(
-        "--max-inflight", type=int, default=10_000, help="requests in flight before 429"
-    )
-    gateway.add_argument(
-        "--max-waiting", type=int, default=10_000, help="waiting long polls before 429"
-    )
-    gateway.add_argument(
-        "--long-poll-cap", type=float, default=300.0, help="longest reserve wait, seconds"
-    )
-    _add_logging(gateway)
+    add_flags(gateway, "gateway")
     gateway.set_defaults(run=_cmd_gateway)
 
     up = commands.add_parser(
         "up",
         help="run an embedded cluster: N queue servers and a gateway in one process",
         description="Run N queue servers and a gateway in one process tree; keys are made "
-        "under --data-dir on first start. Ctrl-C stops everything.",
+        "under --data-dir on first start. Ctrl-C stops everything. Every flag also reads "
+        "ALLQ_UP_<NAME> and [up] in --config.",
     )
-    up.add_argument("--servers", type=int, default=2, help="embedded queue servers")
-    up.add_argument("--host", default="127.0.0.1", help="REST address (loopback)")
-    up.add_argument("--port", type=int, default=8090, help="REST port (0: any free port)")
-    up.add_argument("--data-dir", type=Path, default=Path(".allq"), help="keys (and data)")
-    up.add_argument("--memory", action="store_true", help="keep jobs in memory only")
-    up.add_argument("--api-token", help="require 'Authorization: Bearer TOKEN'")
-    _add_logging(up)
+    add_flags(up, "up")
     up.set_defaults(run=_cmd_up)
 
     keygen = commands.add_parser(
@@ -133,33 +77,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_server(args: argparse.Namespace) -> int:
-    from allq.server_process import run_server
+def _settings(section: str, args: argparse.Namespace) -> dict[str, Any]:
+    values = from_args(section, args, os.environ)
+    configure_logging(values["log_level"], json_lines=values["log_json"])
+    return values
 
-    configure_logging(args.log_level, json_lines=args.log_json)
-    generated = args.name is None
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from allq.server_process import load_server_keys, run_server
+
     try:
+        values = _settings("server", args)
         engine = EngineConfig(
-            server_id=args.name or "s-" + secrets.token_hex(4),
-            max_job_bytes=args.max_job_bytes,
-            max_tubes=args.max_tubes,
-            max_jobs=args.max_jobs,
-            default_ttr=args.default_ttr,
-            fair_prefix=args.fair_prefix,
+            server_id=values["name"] or "s-" + secrets.token_hex(4),
+            max_job_bytes=values["max_job_bytes"],
+            default_ttr=values["default_ttr"],
+            default_expired_limit=values["default_expired_limit"],
+            default_parent_timeout=values["default_parent_timeout"],
+            fair_prefix=values["fair_prefix"],
+            default_shard_reservation_limit=values["default_shard_reservation_limit"],
+            dedup_window=values["dedup_window"],
+            tube_gc_idle=values["tube_gc_idle"],
+            max_tubes=values["max_tubes"],
+            max_jobs=values["max_jobs"],
         )
         config = ServerConfig(
             engine=engine,
-            host=args.host,
-            port=args.port,
-            key_file=args.key,
-            allow_file=args.allow,
-            graceful_s=args.graceful_timeout,
-            handshake_rate=args.handshake_rate,
-            handshake_rate_per_source=args.handshake_rate_per_source,
-            server_id_generated=generated,
+            host=values["host"],
+            port=values["port"],
+            key_file=values["key"],
+            allow_file=values["allow"],
+            graceful_s=values["graceful_timeout"],
+            idle_timeout_s=values["idle_timeout"],
+            max_connections=values["max_connections"],
+            max_inflight=values["max_inflight"],
+            handshake_rate=values["handshake_rate"],
+            handshake_rate_per_source=values["handshake_rate_per_source"],
+            server_id_generated=values["name"] is None,
         )
-        from allq.server_process import load_server_keys
-
         load_server_keys(config)  # fail before binding, with the file named
     except (ConfigError, AllQError) as exc:
         print(f"allq server: {getattr(exc, 'message', exc)}", file=sys.stderr)
@@ -168,6 +123,8 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
+    from allq.gateway.health import HealthPolicy
+    from allq.gateway.links import LinkSettings
     from allq.gateway.process import (
         GatewayProcessConfig,
         core_config,
@@ -175,30 +132,27 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         run_gateway_workers,
     )
 
-    configure_logging(args.log_level, json_lines=args.log_json)
     try:
-        from allq.gateway.health import HealthPolicy
-        from allq.gateway.links import LinkSettings
-
+        values = _settings("gateway", args)
         config = GatewayProcessConfig(
-            servers=[item.strip() for item in args.servers.split(",") if item.strip()],
-            key_file=args.key,
-            server_key_file=args.server_key,
-            host=args.host,
-            port=args.port,
-            api_token=args.api_token,
-            workers=args.workers,
-            graceful_s=args.graceful_timeout,
-            max_inflight=args.max_inflight,
-            max_waiting=args.max_waiting,
-            long_poll_cap_s=args.long_poll_cap,
-            log_level=args.log_level,
-            log_json=args.log_json,
-            health=HealthPolicy(fail_after=args.fail_after),
+            servers=list(values["servers"]),
+            key_file=values["key"],
+            server_key_file=values["server_key"],
+            host=values["host"],
+            port=values["port"],
+            api_token=values["api_token"],
+            workers=values["workers"],
+            graceful_s=values["graceful_timeout"],
+            max_inflight=values["max_inflight"],
+            max_waiting=values["max_waiting"],
+            long_poll_cap_s=values["long_poll_cap"],
+            log_level=values["log_level"],
+            log_json=values["log_json"],
+            health=HealthPolicy(fail_after=values["fail_after"]),
             links=LinkSettings(
-                probe_interval_s=args.probe_interval,
-                probe_timeout_s=args.probe_timeout,
-                request_timeout_s=args.request_timeout,
+                probe_interval_s=values["probe_interval"],
+                probe_timeout_s=values["probe_timeout"],
+                request_timeout_s=values["request_timeout"],
             ),
         )
         core_config(config)  # fail before binding, with the file named
@@ -213,15 +167,15 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from allq.up import UpConfig, run_up
 
-    configure_logging(args.log_level, json_lines=args.log_json)
     try:
+        values = _settings("up", args)
         config = UpConfig(
-            servers=args.servers,
-            host=args.host,
-            port=args.port,
-            data_dir=args.data_dir,
-            memory=args.memory,
-            api_token=args.api_token,
+            servers=values["servers"],
+            host=values["host"],
+            port=values["port"],
+            data_dir=values["data_dir"],
+            memory=values["memory"],
+            api_token=values["api_token"],
         )
     except ConfigError as exc:
         print(f"allq up: {exc}", file=sys.stderr)

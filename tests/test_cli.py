@@ -53,9 +53,9 @@ def test_keygen_rejects_zero_clients(tmp_path: Path, capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--name", "bad name!"], "server_id"),
-        (["--max-job-bytes", "0"], "max_job_bytes"),
-        (["--port", "70000"], "port"),
+        (["--name", "bad name!"], "setting server.name = 'bad name!' (from --name)"),
+        (["--max-job-bytes", "0"], "server.max_job_bytes"),
+        (["--port", "70000"], "must be an integer 0 … 65535"),
     ],
 )
 def test_server_bad_setting_names_it(
@@ -78,10 +78,10 @@ def test_server_without_allow_list_names_the_flag(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--workers", "0"], "workers"),
+        (["--workers", "0"], "gateway.workers"),
         (["--servers", "nope"], "host:port"),
-        (["--long-poll-cap", "301"], "long_poll_cap_s"),
-        (["--probe-interval", "0"], "probe_interval_s"),
+        (["--long-poll-cap", "301"], "gateway.long_poll_cap"),
+        (["--probe-interval", "0"], "gateway.probe_interval"),
         ([], "--key"),
     ],
 )
