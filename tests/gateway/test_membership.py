@@ -65,15 +65,20 @@ async def test_settings_reach_a_server_that_was_down(tmp_path: Path) -> None:
             reply = await gw.tube_control("throttle", "cfg", {"tps": 4.0})
             assert reply["per_server"] == {"s1": 4.0}
             await victim.start()  # a fresh, empty server on the same port
-            await eventually(lambda: victim.engine is not None and "cfg" in victim.engine.tubes)
-            await eventually(
-                lambda: (
-                    victim.engine is not None
-                    and victim.engine.tubes["cfg"].throttle_tps == 2.0
-                    and cluster.servers[0].engine is not None
-                    and cluster.servers[0].engine.tubes["cfg"].throttle_tps == 2.0
+
+            def settled() -> bool:  # re-applied settings and the re-split throttle, all landed
+                first, back = cluster.servers[0].engine, victim.engine
+                if first is None or back is None or "cfg" not in back.tubes:
+                    return False
+                tube = back.tubes["cfg"]
+                return (
+                    tube.paused
+                    and tube.draining
+                    and tube.throttle_tps == 2.0
+                    and first.tubes["cfg"].throttle_tps == 2.0
                 )
-            )
+
+            await eventually(settled)
             assert victim.engine is not None
             tube = victim.engine.tubes["cfg"]
             assert tube.paused
