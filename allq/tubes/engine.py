@@ -991,8 +991,9 @@ class Engine:
         name = self._name(clean)
         duration = clean.get("duration")
         assert duration is None or isinstance(duration, float | int)
-        if duration == 0:
-            return self._op_unpause(clean, now)
+        if duration == 0:  # same as unpause, but answered in pause's shape (§14.5)
+            self._op_unpause(clean, now)
+            return {"paused": False, "pause_until": None}
         tube = self._tube_for_create(name, now)
         tube.paused = True
         tube.pause_until = None if duration is None else now + duration

@@ -288,13 +288,13 @@ def test_pause_with_duration_ends_at_the_exact_instant() -> None:
 
 def test_pause_zero_is_unpause_and_pause_replaces_the_end() -> None:
     d = Driver()
-    assert d("pause", tube="absent", duration=0) == {"paused": False}
+    assert d("pause", tube="absent", duration=0) == {"paused": False, "pause_until": None}
     assert not d.engine.has_tube("absent")
     d("pause", tube="t", duration=5)
     d("pause", tube="t")
     d.at(START + 10)
     assert d.tube()["paused"] is True, "a pause without duration replaced the end time"
-    d("pause", tube="t", duration=0)
+    assert d("pause", tube="t", duration=0) == {"paused": False, "pause_until": None}
     assert d.tube()["paused"] is False
 
 
