@@ -358,19 +358,24 @@ class Gateway:
         return self._full_id(link, result) if "id" in result else result
 
     async def done_many(self, items: list[tuple[str, str | None]]) -> list[dict[str, Any]]:
+        """Each `done` in the order given for one job, different jobs concurrently."""
         results: list[dict[str, Any]] = [{} for _ in items]
+        by_job: dict[str, list[int]] = {}
+        for index, (job_id, _) in enumerate(items):
+            by_job.setdefault(job_id, []).append(index)
 
-        async def one(index: int, job_id: str, lease: str | None) -> None:
-            try:
-                fields = {} if lease is None else {"lease": lease}
-                await self.job_op("done", job_id, fields)
-                results[index] = {"id": job_id, "state": "gone"}
-            except AllQError as error:
-                results[index] = {"id": job_id, "error": _error_record(error)}
+        async def one_job(job_id: str, indexes: list[int]) -> None:
+            for index in indexes:
+                lease = items[index][1]
+                try:
+                    await self.job_op("done", job_id, {} if lease is None else {"lease": lease})
+                    results[index] = {"id": job_id, "state": "gone"}
+                except AllQError as error:
+                    results[index] = {"id": job_id, "error": _error_record(error)}
 
         async with trio.open_nursery() as nursery:
-            for index, (job_id, lease) in enumerate(items):
-                nursery.start_soon(one, index, job_id, lease)
+            for job_id, indexes in by_job.items():
+                nursery.start_soon(one_job, job_id, indexes)
         return results
 
     # -- tubes ---------------------------------------------------------------------------------
