@@ -132,7 +132,8 @@ class Engine:
         Returns the result record (or list), or `Waiting` for a reserve that blocks.
         Effects produced by the call are collected with `take_effects()`.
         """
-        self.ops[op] = self.ops.get(op, 0) + 1
+        counted = op if op in v.OPERATIONS else "unknown"  # bounded: never a client's string
+        self.ops[counted] = self.ops.get(counted, 0) + 1
         try:
             now = self._advance(now)
             if op == "put_batch":

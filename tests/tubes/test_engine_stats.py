@@ -8,6 +8,9 @@ both sides of their edge.
 
 from __future__ import annotations
 
+import pytest
+
+from allq.errors import AllQError
 from tests.helpers.engines import START, Driver, make_engine
 
 
@@ -225,3 +228,14 @@ def test_ping() -> None:
     assert reply["pong"] is True
     assert reply["server_id"] == "s1"
     assert reply["now"] == START + 1.5
+
+
+def test_unknown_operation_names_share_one_ops_counter() -> None:
+    """A client cannot grow the ops table with made-up operation names."""
+    engine = make_engine()
+    for name in ("nope", "also-nope", "x" * 1000):
+        with pytest.raises(AllQError):
+            engine.handle(name, {}, engine.now)
+    stats = engine.server_stats(engine.now)
+    assert stats["ops"] == {"unknown": 3}
+    assert stats["errors"] == {"BAD_FORMAT": 3}
