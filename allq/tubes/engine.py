@@ -24,21 +24,14 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
 
 from allq import __version__
 from allq.errors import (
     AllQError,
     BadFormat,
-    DeadlineSoon,
-    Draining,
-    LeaseExpired,
     NotFound,
-    NotReserved,
-    ServerFull,
-    TimedOut,
     TooManyTubes,
 )
 from allq.tubes import validate as v
@@ -47,12 +40,13 @@ from allq.tubes.events import DeadlineSoon as DeadlineSoonEffect
 from allq.tubes.events import Delivered, Effect, Waiting, WaitTimedOut
 from allq.tubes.heap import IndexedHeap
 from allq.tubes.job import Job, JobState
+from allq.tubes.operations import DEADLINE_SOON_MARGIN, HANDLERS
+from allq.tubes.puts import put_batch
 from allq.tubes.tube import Tube
 
 RandomBytes = Callable[[int], bytes]
 Result = dict[str, object] | list[dict[str, object]] | Waiting
 
-DEADLINE_SOON_MARGIN = 1.0
 #: Kinds of tube timers, in the order §8.4 runs them at one instant.
 _PAUSE, _DELAY, _TTR, _PARENT = range(4)
 
@@ -137,8 +131,8 @@ class Engine:
         try:
             now = self._advance(now)
             if op == "put_batch":
-                return self._put_batch(args, now)
-            handler = self._HANDLERS.get(op)
+                return put_batch(self, args, now)
+            handler = HANDLERS.get(op)
             if handler is None:
                 raise BadFormat(f"unknown operation {op!r}", field="op")
             clean = v.validate(op, args, v.Context(self.config, now))
@@ -633,303 +627,12 @@ class Engine:
         window = self.config.dedup_window
         return sum(1 for record in self._keys.values() if now < record.first_seen + window)
 
-    # ================================================================== puts (§14.1)
-
-    def _put_batch(self, args: Mapping[str, object], now: float) -> list[dict[str, object]]:
-        items = v.batch_items(args)
-        ctx = v.Context(self.config, now)
-        results: list[dict[str, object]] = []
-        for index, item in enumerate(items):
-            try:
-                if not isinstance(item, dict):
-                    raise BadFormat(f"jobs[{index}] must be a map", field=f"jobs[{index}]")
-                clean = v.validate("put", item, ctx, prefix=f"jobs[{index}].")
-                results.append(self._put(clean, now, prefix=f"jobs[{index}]."))
-            except AllQError as error:
-                self.errors[error.code] = self.errors.get(error.code, 0) + 1
-                results.append({"error": error.to_record()})
-        return results
-
-    def _op_put(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        return self._put(clean, now)
-
-    def _op_put_parent(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        return self._put(clean, now, parent=True)
-
-    def _put(
-        self, clean: dict[str, object], now: float, *, prefix: str = "", parent: bool = False
-    ) -> dict[str, object]:
-        """P1/P2/P3 with the checks of §13.3 in order; nothing changes before the last one."""
-        name = clean["tube"]
-        assert isinstance(name, str)
-        shard = clean.get("shard_key")
-        if self._is_fair(name) and shard is None:
-            raise BadFormat(
-                f"tube {name!r} is fair: every job needs a shard_key", field=f"{prefix}shard_key"
-            )
-        key = clean.get("idempotency_key")
-        assert key is None or isinstance(key, str)
-        duplicate = self._duplicate(key, now)
-        if duplicate is not None:
-            return duplicate
-        tube = self.tubes.get(name)
-        if self.draining or (tube is not None and tube.draining):
-            where = "the server" if self.draining else f"tube {name!r}"
-            raise Draining(f"{where} is draining and takes no new jobs")
-        parent_job: Job | None = None
-        parent_id = clean.get("parent_id")
-        if parent_id is not None:
-            assert isinstance(parent_id, str)
-            parent_job = self.jobs.get(parent_id)
-            if parent_job is None or parent_job.state is not JobState.WAITING:
-                raise NotFound(
-                    f"no waiting parent {parent_id!r} on this server", field=f"{prefix}parent_id"
-                )
-        self._check_tube_capacity(name)
-        if 0 < self.config.max_jobs <= len(self.jobs):
-            raise ServerFull(f"the server holds max_jobs = {self.config.max_jobs} live jobs")
-        # -- no rejection past this line --
-        tube = self._tube_for_create(name, now)
-        expired_limit = clean.get("expired_limit", self.config.default_expired_limit)
-        assert isinstance(expired_limit, int)
-        max_releases = clean.get("max_releases", 2 * expired_limit)
-        priority = clean.get("priority", 5)
-        ttr = clean.get("ttr", float(self.config.default_ttr))
-        body = clean.get("body", b"")
-        assert isinstance(max_releases, int) and isinstance(priority, int)
-        assert isinstance(ttr, float | int) and isinstance(body, bytes)
-        assert shard is None or isinstance(shard, str)
-        self._put_seq += 1
-        job = Job(
-            id=self._new_job_id(),
-            tube=name,
-            body=body,
-            priority=priority,
-            ttr=float(ttr),
-            expired_limit=expired_limit,
-            max_releases=max_releases,
-            created_at=now,
-            put_seq=self._put_seq,
-            state=JobState.READY,
-            parent_id=parent_job.id if parent_job is not None else None,
-            shard_key=shard,
-            idempotency_key=key,
-        )
-        self.jobs[job.id] = job
-        tube.shard_enter(job)
-        tube.total_puts += 1
-        if parent:
-            self.workflows.create_parent(job, clean, now)
-        else:
-            due_at = self._due_at(clean, now)
-            if due_at is None:
-                self._enter_ready(job, now)
-            else:
-                self._enter_delayed(job, due_at)
-        if parent_job is not None:
-            self.workflows.child_started(parent_job)
-        if key is not None:
-            self._remember_key(key, job.id, now)
-        return {"id": job.id, "state": job.state.value, "duplicate": False}
-
-    @staticmethod
-    def _due_at(clean: dict[str, object], now: float) -> float | None:
-        delay = clean.get("delay")
-        if isinstance(delay, float | int) and delay > 0:
-            return now + delay
-        run_at = clean.get("run_at")
-        if isinstance(run_at, float | int) and run_at > now:
-            return float(run_at)
-        return None
-
-    # ================================================================== reserve (§9.3)
-
-    def _op_reserve(self, clean: dict[str, object], now: float) -> Result:
-        tubes = clean["tubes"]
-        count = clean.get("count", 1)
-        timeout = clean.get("timeout", 0.0)
-        owner = clean.get("owner")
-        assert isinstance(tubes, list) and isinstance(count, int)
-        assert isinstance(timeout, float | int) and (owner is None or isinstance(owner, str))
-        jobs = self._select(tubes, count, now, now, owner)
-        if jobs:
-            return jobs
-        if owner is not None and self._owner_soonest(owner) - now <= DEADLINE_SOON_MARGIN:
-            raise DeadlineSoon(f"owner {owner!r} holds a reservation within 1 s of its TTR")
-        if timeout <= 0:
-            raise TimedOut("no job is ready in the tubes named")
-        return Waiting(self._add_waiter(tubes, count, now + timeout, owner))
-
-    # ================================================================== job operations (§14.2)
-
-    def _job(self, clean: dict[str, object]) -> Job:
-        job_id = clean["job_id"]
-        assert isinstance(job_id, str)
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"no job {job_id!r}", field="job_id")
-        return job
-
-    def _leased_job(self, clean: dict[str, object], *, lease_optional_state: bool) -> Job:
-        """The lease check of §7.2. `lease_optional_state`: delete works on any state."""
-        job = self._job(clean)
-        lease = clean.get("lease")
-        if lease is not None and lease != job.lease:
-            raise LeaseExpired(
-                f"lease {str(lease)[:6]}… is not the current lease of job {job.id}", field="lease"
-            )
-        if job.state is not JobState.RESERVED and not lease_optional_state:
-            raise NotReserved(f"job {job.id} is {job.state.value}, not reserved", field="job_id")
-        return job
-
-    def _op_done(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        job = self._leased_job(clean, lease_optional_state=False)
-        self._complete(job, now)
-        return {}
-
-    def _op_delete(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        job = self._leased_job(clean, lease_optional_state=True)
-        previous = job.state.value
-        if job.state is JobState.RESERVED:
-            self._complete(job, now)
-        else:
-            self._detach(job)
-        return {"previous_state": previous}
-
-    def _op_touch(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        job = self._leased_job(clean, lease_optional_state=False)
-        tube = self._tube_of(job)
-        job.ttr_deadline = now + job.ttr
-        tube.reserved.update(job, (job.ttr_deadline, job.reserve_seq))
-        self._touched.add(tube.name)
-        if job.owner is not None:
-            self._refresh_owner(job.owner)
-        return {"ttr_deadline": job.ttr_deadline}
-
-    def _op_release(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        job = self._leased_job(clean, lease_optional_state=False)
-        self._leave_reserved(job)
-        job.releases += 1
-        job.releases_since_kick += 1
-        priority = clean.get("priority")
-        if isinstance(priority, int):
-            job.priority = priority
-        delay = clean.get("delay")
-        if job.releases_since_kick > job.max_releases:
-            self._enter_buried(job, now)
-        elif isinstance(delay, float | int) and delay > 0:
-            self._enter_delayed(job, now + delay)
-        else:
-            self._enter_ready(job, now)
-        return {"state": job.state.value}
-
-    def _op_bury(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        job = self._leased_job(clean, lease_optional_state=False)
-        self._leave_reserved(job)
-        priority = clean.get("priority")
-        if isinstance(priority, int):
-            job.priority = priority
-        self._enter_buried(job, now)
-        return {"state": job.state.value}
-
-    def _op_unreserve(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        """R10: give back a delivered job as if never reserved (§9.4)."""
-        job = self._leased_job(clean, lease_optional_state=False)
-        tube = self._tube_of(job)
-        self._leave_reserved(job)
-        job.reserves -= 1
-        job.state = JobState.READY
-        job.ready_seq = job.prev_ready_seq
-        job.ready_since = job.prev_ready_since
-        tube.refund_token()
-        self._add_ready(job)
-        return {}
-
-    def _op_kick(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        name = clean["tube"]
-        bound = clean.get("bound", 1)
-        assert isinstance(name, str) and isinstance(bound, int)
-        tube = self.tubes.get(name)
-        if tube is None or (not tube.buried and not tube.delayed):
-            return {"kicked": 0, "from": None}
-        if tube.buried:
-            source = "buried"
-            victims = list(tube.buried)[:bound]
-        else:
-            source = "delayed"
-            victims = [job for _, job in tube.delayed.sorted_items()[:bound]]
-        kicked = 0
-        for job in victims:
-            if self.jobs.get(job.id) is job and job.state.value == source:
-                self._kick(job, now)
-                kicked += 1
-        return {"kicked": kicked, "from": source}
-
-    def _op_kick_job(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        job = self._job(clean)
-        if job.state not in (JobState.BURIED, JobState.DELAYED):
-            raise NotFound(
-                f"job {job.id} is {job.state.value} and cannot be kicked", field="job_id"
-            )
-        return {"state": self._kick(job, now)}
-
-    def _op_set_children_started(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        job = self._job(clean)
-        if job.state is not JobState.WAITING or job.parent is None:
-            raise NotFound(f"job {job.id} is not a waiting parent", field="job_id")
-        return self.workflows.set_children_started(job, now)
-
-    # ================================================================== peeks (§14.3)
-
-    def _op_peek(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        return self._job(clean).view()
-
-    def _peek_tube(self, clean: dict[str, object]) -> Tube:
-        name = clean["tube"]
-        assert isinstance(name, str)
-        tube = self.tubes.get(name)
-        if tube is None:
-            raise NotFound(f"no tube {name!r}", field="tube")
-        return tube
-
-    def _op_peek_ready(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        tube = self._peek_tube(clean)
-        job = tube.head(self.config.default_shard_reservation_limit)
-        if job is None:
-            raise NotFound(f"tube {tube.name!r} has no ready job to peek")
-        return job.view()
-
-    def _op_peek_delayed(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        tube = self._peek_tube(clean)
-        job = tube.delayed.peek_item()
-        if job is None:
-            raise NotFound(f"tube {tube.name!r} has no delayed job")
-        return job.view()
-
-    def _op_peek_buried(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        tube = self._peek_tube(clean)
-        job = next(iter(tube.buried), None)
-        if job is None:
-            raise NotFound(f"tube {tube.name!r} has no buried job")
-        return job.view()
-
-    # ================================================================== stats (§14.4, §15)
-
-    def _op_stats_job(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        return self._job(clean).stats(now)
-
-    def _op_stats_tube(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        return self.tube_stats(self._peek_tube(clean), now)
-
     def tube_stats(self, tube: Tube, now: float) -> dict[str, object]:
         return tube.stats(
             now,
             waiters=len(self._waiters_by_tube.get(tube.name, ())),
             default_shard_limit=self.config.default_shard_reservation_limit,
         )
-
-    def _op_stats(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        return self.server_stats(now)
 
     def server_stats(self, now: float) -> dict[str, object]:
         counts = {"ready": 0, "delayed": 0, "reserved": 0, "buried": 0, "waiting": 0}
@@ -960,157 +663,6 @@ class Engine:
             "persistence": {"mode": "memory", "sync": None, "log_bytes": 0},
             **(self.extra_stats() if self.extra_stats is not None else {}),
         }
-
-    def _op_list_tubes(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        after = clean.get("after")
-        limit = clean.get("limit", 1000)
-        assert isinstance(limit, int)
-        names = sorted(
-            (name for name in self.tubes if after is None or name > str(after)),
-            key=lambda name: name.encode(),
-        )
-        page = names[:limit]
-        more = len(names) > limit
-        return {"tubes": page, "next_after": page[-1] if more and page else None}
-
-    def _op_ping(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        return {
-            "pong": True,
-            "server_id": self.config.server_id,
-            "version": __version__,
-            "now": now,
-        }
-
-    # ================================================================== tube control (§14.5)
-
-    def _name(self, clean: dict[str, object]) -> str:
-        name = clean["tube"]
-        assert isinstance(name, str)
-        return name
-
-    def _op_pause(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        name = self._name(clean)
-        duration = clean.get("duration")
-        assert duration is None or isinstance(duration, float | int)
-        if duration == 0:  # same as unpause, but answered in pause's shape (§14.5)
-            self._op_unpause(clean, now)
-            return {"paused": False, "pause_until": None}
-        tube = self._tube_for_create(name, now)
-        tube.paused = True
-        tube.pause_until = None if duration is None else now + duration
-        return {"paused": True, "pause_until": tube.pause_until}
-
-    def _op_unpause(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        tube = self.tubes.get(self._name(clean))
-        if tube is not None and tube.paused:
-            self._unpause(tube)
-        return {"paused": False}
-
-    def _op_throttle(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        name = self._name(clean)
-        tps = clean["tps"]
-        assert isinstance(tps, float)
-        if tps <= 0:
-            tube = self.tubes.get(name)
-            if tube is not None and tube.throttle_tps is not None:
-                tube.set_throttle(None, now)
-                self._dirty.add(name)
-                self._touched.add(name)
-            return {"throttle_tps": None}
-        tube = self._tube_for_create(name, now)
-        tube.set_throttle(tps, now)
-        self._dirty.add(name)
-        return {"throttle_tps": tps}
-
-    def _op_drain(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        if "tube" not in clean:
-            self.draining = True
-            return {"draining": True}
-        tube = self._tube_for_create(self._name(clean), now)
-        tube.draining = True
-        return {"draining": True}
-
-    def _op_undrain(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        if "tube" not in clean:
-            self.draining = False
-            return {"draining": False}
-        tube = self.tubes.get(self._name(clean))
-        if tube is not None:
-            tube.draining = False
-            self._touched.add(tube.name)
-        return {"draining": False}
-
-    def _op_set_shard_limit(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        name = self._name(clean)
-        limit = clean["limit"]
-        assert isinstance(limit, int)
-        if not self._is_fair(name):
-            raise BadFormat(
-                f"tube {name!r} is not fair (fair tubes start with "
-                f"{self.config.fair_prefix!r}); set_shard_limit needs a fair tube",
-                field="tube",
-            )
-        # A per-tube value equal to "off" while the server default is off is no setting.
-        value: int | None = limit
-        if limit == 0 and self.config.default_shard_reservation_limit == 0:
-            value = None
-            tube = self.tubes.get(name)
-        else:
-            tube = self._tube_for_create(name, now)
-        if tube is not None:
-            tube.shard_limit = value
-            self._dirty.add(name)
-            self._touched.add(name)
-        return {"shard_reservation_limit": limit}
-
-    def _op_clear(self, clean: dict[str, object], now: float) -> dict[str, object]:
-        tube = self.tubes.get(self._name(clean))
-        removed = {"ready": 0, "delayed": 0, "reserved": 0, "buried": 0, "waiting": 0}
-        if tube is None:
-            return dict(removed)
-        jobs: Iterable[Job] = [
-            *tube.by_age,
-            *tube.delayed,
-            *tube.reserved,
-            *tube.buried,
-            *tube.waiting,
-        ]
-        for job in jobs:
-            removed[job.state.value] += 1
-            self._detach(job)
-        tube.rotation.clear()
-        return dict(removed)
-
-    _HANDLERS: ClassVar[dict[str, Callable[[Engine, dict[str, object], float], Result]]] = {
-        "put": _op_put,
-        "put_parent": _op_put_parent,
-        "reserve": _op_reserve,
-        "done": _op_done,
-        "delete": _op_delete,
-        "touch": _op_touch,
-        "release": _op_release,
-        "bury": _op_bury,
-        "unreserve": _op_unreserve,
-        "kick": _op_kick,
-        "kick_job": _op_kick_job,
-        "set_children_started": _op_set_children_started,
-        "peek": _op_peek,
-        "peek_ready": _op_peek_ready,
-        "peek_delayed": _op_peek_delayed,
-        "peek_buried": _op_peek_buried,
-        "stats_job": _op_stats_job,
-        "stats_tube": _op_stats_tube,
-        "stats": _op_stats,
-        "list_tubes": _op_list_tubes,
-        "ping": _op_ping,
-        "pause": _op_pause,
-        "unpause": _op_unpause,
-        "throttle": _op_throttle,
-        "drain": _op_drain,
-        "undrain": _op_undrain,
-        "set_shard_limit": _op_set_shard_limit,
-        "clear": _op_clear,
-    }
 
     # ================================================================== invariants (§20)
 
