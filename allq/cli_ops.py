@@ -266,7 +266,6 @@ def _cmd_work(args: argparse.Namespace) -> int:
     from allq.log import configure_logging
     from allq.worker import Backoff, Worker, run_until_signalled
 
-    configure_logging(args.log_level, json_lines=args.log_json)
     handler = load_handler(args.handler)
     try:
         backoff = Backoff(args.backoff_base, args.backoff_cap, args.backoff_jitter)
@@ -284,6 +283,11 @@ def _cmd_work(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+    try:  # after the usage checks, so a usage error leaves logging alone
+        configure_logging(args.log_level, json_lines=args.log_json)
+    except ValueError as exc:
+        raise UsageError(f"--log-level: {exc}") from None
 
     async def main() -> bool:
         async with client:

@@ -69,6 +69,9 @@ def gated(job: Job) -> None:
     """Body `{"started": path, "gate": fifo}`: note the start, then block on the FIFO until
     the test writes a line to it (the test decides when the job finishes)."""
     spec = json.loads(job.body)
-    Path(spec["started"]).write_text(job.id)
+    started = Path(spec["started"])
+    partial = started.with_suffix(".partial")
+    partial.write_text(job.id)
+    partial.replace(started)  # atomic: the test never reads a half-written file
     with Path(spec["gate"]).open() as gate:
         gate.readline()

@@ -97,7 +97,8 @@ async def test_operator_commands_against_a_real_gateway(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with trio.fail_after(60):
-        async with serving_gateway(tmp_path) as served:
+        # one server: a reserve of 2 then gets both jobs in priority order
+        async with serving_gateway(tmp_path, 1) as served:
             monkeypatch.setenv("ALLQ_URL", served.url)
 
             async def run(*argv: str) -> tuple[int, str, str]:

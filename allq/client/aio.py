@@ -169,9 +169,9 @@ class AsyncAllQ:
             raise TransportError(f"cannot connect to {self.url}: {exc}") from exc
         return _Connection(stream)
 
-    async def _checkout(self) -> _Connection:
+    async def _checkout(self, *, fresh: bool = False) -> _Connection:
         now = trio.current_time()
-        while self._idle:
+        while self._idle and not fresh:
             connection = self._idle.pop()
             if now - connection.idle_since > IDLE_LIMIT_S or dropped(connection.socket):
                 connection.abort()
@@ -192,14 +192,14 @@ class AsyncAllQ:
         headers = request_headers(self.endpoint, self.token, body, has_body=op.body is not None)
         target = self.endpoint.prefix + op.path
         for attempt in (1, 2):
-            connection = await self._checkout()
+            connection = await self._checkout(fresh=attempt > 1)
             try:
                 answer = await connection.exchange(op.method, target, headers, body)
             except _Retry as retry:
                 connection.abort()
-                if attempt == 2:  # pragma: no cover - a fresh connection never retries
+                if attempt == 2:  # pragma: no cover - a fresh connection is never "reused"
                     raise TransportError(f"request failed: {retry.__cause__}") from retry
-                continue
+                continue  # the gateway closed the idle connection: send it again
             except BaseException:
                 connection.abort()
                 raise

@@ -98,9 +98,11 @@ class AllQ:
             )
         return http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
 
-    def _checkout(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+    def _checkout(
+        self, timeout: float, *, fresh: bool = False
+    ) -> tuple[http.client.HTTPConnection, bool]:
         now = time.monotonic()
-        while True:
+        while not fresh:
             with self._lock:
                 if not self._idle:
                     break
@@ -129,7 +131,7 @@ class AllQ:
         target = self.endpoint.prefix + op.path
         timeout = self.timeout_s + op.wait_s
         for attempt in (1, 2):
-            connection, reused = self._checkout(timeout)
+            connection, reused = self._checkout(timeout, fresh=attempt > 1)
             try:
                 connection.request(op.method, target, body=body, headers=headers)
                 response = connection.getresponse()
