@@ -8,10 +8,12 @@ Resource handling: the handshake functions take ownership of the stream. On fail
 close it (sending nothing more) and raise `HandshakeFailed`; on success the returned
 `EncryptedMessageStream` owns it and `aclose()` closes it.
 
-Cancellation: a `send()` cancelled while its frame is partly written leaves the byte
-stream unusable (the peer would fail authentication), so the stream is marked broken and
-later sends raise `trio.BrokenResourceError`. `receive()` can be cancelled safely between
-reads: buffered bytes stay in the engine.
+Cancellation: once `send()` starts writing a frame it finishes the write even if its
+caller is cancelled (shielded, bounded by the write-stall timeout), then raises
+`Cancelled`; a half-written frame would make the byte stream unusable for every other
+request on it. A write blocked longer than the write-stall timeout marks the stream
+broken, and later sends raise `trio.BrokenResourceError`. `receive()` can be cancelled
+safely between reads: buffered bytes stay in the engine.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from allq.wire.transport import LocalProtocolError, Message, RemoteProtocolError
 
 HANDSHAKE_TIMEOUT = 5.0
 FRAME_TIMEOUT = 30.0
+WRITE_STALL_TIMEOUT = 30.0
 
 
 class HandshakeFailed(Exception):
@@ -65,11 +68,17 @@ class EncryptedMessageStream:
     """
 
     def __init__(
-        self, stream: trio.abc.Stream, conn: Connection, *, frame_timeout: float = FRAME_TIMEOUT
+        self,
+        stream: trio.abc.Stream,
+        conn: Connection,
+        *,
+        frame_timeout: float = FRAME_TIMEOUT,
+        write_timeout: float = WRITE_STALL_TIMEOUT,
     ) -> None:
         self._stream = stream
         self._conn = conn
         self._frame_timeout = frame_timeout
+        self._write_timeout = write_timeout
         self._send_lock = trio.StrictFIFOLock()
         self._receiving = False
         self._send_broken = False
@@ -162,11 +171,21 @@ class EncryptedMessageStream:
             if self._send_broken:
                 raise trio.BrokenResourceError("an earlier write was interrupted")
             data = self._conn.send(message, final)
-            try:
-                await self._stream.send_all(data)
-            except BaseException:
+            # A half-written frame would break the stream for every other request on it
+            # (one cancelled caller, e.g. an HTTP client gone, would cut a gateway's whole
+            # link), so a write once started is finished even if its caller is cancelled;
+            # the write-stall timeout bounds it instead (wire.md §7).
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self._write_timeout) as stall:
+                    try:
+                        await self._stream.send_all(data)
+                    except BaseException:
+                        self._send_broken = True
+                        raise
+            if stall.cancelled_caught:
                 self._send_broken = True
-                raise
+                raise trio.BrokenResourceError(f"write blocked for {self._write_timeout:g} s")
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller learns it now
 
     async def aclose(self) -> None:
         """Close the transport (idempotent). Sends nothing by itself: send a final frame

@@ -377,3 +377,52 @@ async def test_oversized_length_prefix_rejected_on_server() -> None:
         await results["s"].receive()
     await results["s"].aclose()
     await results["c"].aclose()
+
+
+async def test_a_send_cancelled_mid_write_finishes_its_frame(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A cancelled caller must not break the stream for everyone else on it."""
+    client_end, server_end = trio.testing.lockstep_stream_pair()
+    client, server = await encrypted_pair(client_end, server_end)
+    scope = trio.CancelScope()
+    outcome: list[str] = []
+
+    async def cancelled_sender() -> None:
+        with scope:
+            await client.send({"id": 1, "op": "put", "body": bytes(100_000)})
+            outcome.append("sent")
+        outcome.append("cancelled" if scope.cancelled_caught else "not cancelled")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cancelled_sender)
+        await trio.testing.wait_all_tasks_blocked()  # blocked mid-write: nobody reads yet
+        scope.cancel()
+        first = await server.receive()  # reading lets the shielded write finish
+    assert outcome == ["cancelled"]  # the caller learns it was cancelled, after the write
+    assert first["body"] == bytes(100_000)
+
+    async def receive_second() -> None:
+        second = await server.receive()
+        assert second == {"id": 2, "op": "ping"}
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive_second)
+        await client.send({"id": 2, "op": "ping"})  # the stream still works
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_a_write_blocked_past_the_stall_timeout_breaks_the_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client_end, server_end = trio.testing.lockstep_stream_pair()
+    client, server = await encrypted_pair(client_end, server_end)
+    start = trio.current_time()
+    with pytest.raises(trio.BrokenResourceError, match="write blocked"):
+        await client.send({"id": 1, "op": "ping"})  # the peer never reads
+    assert trio.current_time() - start == pytest.approx(30.0)
+    with pytest.raises(trio.BrokenResourceError):
+        await client.send({"id": 2, "op": "ping"})
+    await client.aclose()
+    await server.aclose()
