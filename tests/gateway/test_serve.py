@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import h11
-import pytest
 import trio
 
 from allq.gateway.serve import WorkerPool, listening_socket, serve_rest
@@ -140,14 +139,3 @@ async def test_worker_pool_serves_one_port_from_several_processes() -> None:
         sock.close()
     assert code == 0
     assert [p.exitcode for p in pool.processes] == [0, 0]
-
-
-def test_the_asgi_entry_says_it_needs_a_core() -> None:
-    import allq.gateway.asgi as asgi
-
-    with pytest.raises(RuntimeError, match="allq gateway"):
-        asgi.app  # noqa: B018
-    settings = asgi.settings_from_env({"ALLQ_API_TOKEN": "t", "ALLQ_MAX_INFLIGHT": "5"})
-    assert (settings["api_token"], settings["max_inflight"]) == ("t", 5)
-    with pytest.raises(RuntimeError, match="ALLQ_MAX_WAITING"):
-        asgi.settings_from_env({"ALLQ_MAX_WAITING": "many"})
