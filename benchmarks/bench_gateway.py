@@ -25,51 +25,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-import h11
 import trio
 
+from allq.client.raw import JsonHttp
 from allq.wire.keyfiles import keygen
 
 LISTENING = re.compile(r"listening on (?:http://)?([0-9.]+):(\d+)")
 BODY = "x" * 100
-
-
-class Http:
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.conn = h11.Connection(h11.CLIENT)
-
-    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = b"" if body is None else json.dumps(body).encode()
-        out = self.conn.send(
-            h11.Request(
-                method=method,
-                target=path,
-                headers=[
-                    ("Host", "bench"),
-                    ("Content-Length", str(len(data))),
-                    ("Content-Type", "application/json"),
-                ],
-            )
-        )
-        out += self.conn.send(h11.Data(data=data)) if data else b""
-        out += self.conn.send(h11.EndOfMessage())
-        await self.stream.send_all(out)
-        status, chunks = 0, []
-        while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
-                self.conn.receive_data(await self.stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-        self.conn.start_next_cycle()
-        return status, json.loads(b"".join(chunks))
 
 
 def cpu_of(pid: int) -> float:
@@ -116,13 +79,13 @@ async def cycles(
 
     async def client() -> None:
         nonlocal done_count, errors
-        http = Http(await trio.open_tcp_stream(*address))
+        http = await JsonHttp.connect(address)
         ack: list[dict[str, str]] = []
         with trio.move_on_after(seconds):
             while True:
-                status, _ = await http.call("POST", f"/v1/tubes/{tube}/jobs", {"body": BODY})
+                status, _ = await http.request("POST", f"/v1/tubes/{tube}/jobs", {"body": BODY})
                 errors += status != 201
-                status, body = await http.call(
+                status, body = await http.request(
                     "POST", "/v1/reserve", {"tubes": [tube], "timeout": 1, "done": ack}
                 )
                 if status != 200:
@@ -131,7 +94,7 @@ async def cycles(
                     continue
                 ack = [{"id": j["id"], "lease": j["lease"]} for j in body["jobs"]]
                 done_count += len(ack)
-        await http.stream.aclose()
+        await http.aclose()
 
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
@@ -140,8 +103,8 @@ async def cycles(
 
 
 async def pickup(address: tuple[str, int], samples: int) -> list[float]:
-    worker = Http(await trio.open_tcp_stream(*address))
-    putter = Http(await trio.open_tcp_stream(*address))
+    worker = await JsonHttp.connect(address)
+    putter = await JsonHttp.connect(address)
     latencies: list[float] = []
     for i in range(samples):
         sent_at = 0.0
@@ -151,19 +114,19 @@ async def pickup(address: tuple[str, int], samples: int) -> list[float]:
         async def wait(ready: trio.Event = ready) -> None:
             nonlocal got_at
             ready.set()
-            _status, body = await worker.call(
+            _status, body = await worker.request(
                 "POST", "/v1/reserve", {"tubes": ["pickup"], "timeout": 10}
             )
             got_at = time.perf_counter()
             job = body["jobs"][0]
-            await worker.call("POST", f"/v1/jobs/{job['id']}/done", {"lease": job["lease"]})
+            await worker.request("POST", f"/v1/jobs/{job['id']}/done", {"lease": job["lease"]})
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wait)
             await ready.wait()
             await trio.sleep(0.05)  # let the long poll reach every server
             sent_at = time.perf_counter()
-            await putter.call("POST", "/v1/tubes/pickup/jobs", {"body": str(i)})
+            await putter.request("POST", "/v1/tubes/pickup/jobs", {"body": str(i)})
         latencies.append(got_at - sent_at)
     return latencies
 

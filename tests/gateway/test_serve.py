@@ -8,52 +8,20 @@ the graceful drain is quick (pitfall 13). Real time, generous `fail_after` (pitf
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import h11
 import trio
 
 from allq.gateway.serve import WorkerPool, listening_socket, serve_rest
 from tests.gateway.fakes import FakeCore
 from tests.gateway.rest import make_app
+from tests.helpers.http import HttpClient
 
 
-class H11Client:
-    def __init__(self, stream: trio.SocketStream, host: str) -> None:
-        self.stream = stream
-        self.host = host
-        self.conn = h11.Connection(h11.CLIENT)
-
-    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = b"" if body is None else json.dumps(body).encode()
-        headers = [("Host", self.host), ("Content-Length", str(len(data)))]
-        if body is not None:
-            headers.append(("Content-Type", "application/json"))
-        out = self.conn.send(h11.Request(method=method, target=path, headers=headers))
-        out += self.conn.send(h11.Data(data=data)) if data else b""
-        out += self.conn.send(h11.EndOfMessage())
-        await self.stream.send_all(out)
-        status, chunks = 0, []
-        while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
-                self.conn.receive_data(await self.stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-        self.conn.start_next_cycle()
-        return status, json.loads(b"".join(chunks))
-
-
-async def connect(address: tuple[str, int]) -> H11Client:
-    stream = await trio.open_tcp_stream(*address)
-    return H11Client(stream, f"{address[0]}:{address[1]}")
+async def connect(address: tuple[str, int]) -> HttpClient:
+    return await HttpClient.connect(address)
 
 
 async def test_serve_rest_on_port_0_serves_long_polls_and_stops_gracefully() -> None:

@@ -1,54 +1,7 @@
-"""A minimal HTTP/1.1 JSON client over a real socket, driven with h11 (design.md pitfall 14:
-read by Content-Length, never until EOF)."""
+"""The HTTP client of the tests: the package's raw JSON-over-HTTP connection."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from allq.client.raw import JsonHttp as HttpClient
 
-import h11
-import trio
-
-
-class HttpClient:
-    """One keep-alive connection; `await client.request(method, path, body)`."""
-
-    def __init__(self, stream: trio.SocketStream, host: str) -> None:
-        self.stream = stream
-        self.host = host
-        self.conn = h11.Connection(h11.CLIENT)
-
-    @classmethod
-    async def connect(cls, address: tuple[str, int]) -> HttpClient:
-        stream = await trio.open_tcp_stream(*address)
-        return cls(stream, f"{address[0]}:{address[1]}")
-
-    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = b"" if body is None else json.dumps(body).encode()
-        headers = [("Host", self.host), ("Content-Length", str(len(data)))]
-        if body is not None:
-            headers.append(("Content-Type", "application/json"))
-        out = self.conn.send(h11.Request(method=method, target=path, headers=headers))
-        out += self.conn.send(h11.Data(data=data)) if data else b""
-        out += self.conn.send(h11.EndOfMessage())
-        await self.stream.send_all(out)
-        status, chunks = 0, []
-        while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
-                self.conn.receive_data(await self.stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            elif isinstance(event, h11.ConnectionClosed):
-                raise trio.BrokenResourceError("the server closed the connection")
-        self.conn.start_next_cycle()
-        raw = b"".join(chunks)
-        return status, json.loads(raw) if raw else None
-
-    async def aclose(self) -> None:
-        with trio.move_on_after(1, shield=True):
-            await self.stream.aclose()
+__all__ = ["HttpClient"]
