@@ -171,6 +171,13 @@ def create_app(
             provide_automatic_options=False,
         )
 
+    # The other fronts served by the same app (each its own module, registered here).
+    from allq.gateway.legacy import register_legacy_routes
+    from allq.gateway.observability import register_observability
+
+    register_legacy_routes(app, state)
+    register_observability(app, state)
+
     @app.before_request
     async def check_token() -> Response | None:
         if api_token is None or request.path in public:
