@@ -26,6 +26,7 @@ import base64
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from allq import __version__
 from allq.errors import (
@@ -35,6 +36,7 @@ from allq.errors import (
     TooManyTubes,
 )
 from allq.tubes import validate as v
+from allq.tubes.changes import ChangeLog
 from allq.tubes.config import EngineConfig
 from allq.tubes.events import DeadlineSoon as DeadlineSoonEffect
 from allq.tubes.events import Delivered, Effect, Waiting, WaitTimedOut
@@ -45,6 +47,10 @@ from allq.tubes.puts import put_batch
 from allq.tubes.tube import Tube
 
 RandomBytes = Callable[[int], bytes]
+#: Operations whose effect on a tube's settings is logged as a `tube` change.
+_TUBE_SETTING_OPS = frozenset(
+    {"pause", "unpause", "throttle", "drain", "undrain", "set_shard_limit"}
+)
 Result = dict[str, object] | list[dict[str, object]] | Waiting
 
 #: Kinds of tube timers, in the order §8.4 runs them at one instant.
@@ -91,6 +97,9 @@ class Engine:
         self._put_seq = 0
         self._reserve_seq = 0
         self._waiter_seq = 0
+        self._bury_seq = 0
+        #: Changes to log (persistence.md §4); collected only when persistence is on.
+        self.changelog = ChangeLog()
         # waiters (§9.4)
         self.waiters: dict[int, Waiter] = {}
         self._waiters_by_tube: dict[str, dict[int, Waiter]] = {}
@@ -136,7 +145,10 @@ class Engine:
             if handler is None:
                 raise BadFormat(f"unknown operation {op!r}", field="op")
             clean = v.validate(op, args, v.Context(self.config, now))
-            return handler(self, clean, now)
+            result = handler(self, clean, now)
+            if op in _TUBE_SETTING_OPS and "tube" in clean:
+                self.changelog.note_tube(str(clean["tube"]))
+            return result
         except AllQError as error:
             self.errors[error.code] = self.errors.get(error.code, 0) + 1
             raise
@@ -147,6 +159,14 @@ class Engine:
         """Run every timer due at or before `now` (§8.2); return all pending effects."""
         self._settle(self._advance(now))
         return self.take_effects()
+
+    def take_changes(self) -> list[dict[str, object]]:
+        """The log changes of the calls since the last take (persistence.md §4).
+
+        Empty unless `changelog.enabled` (persistence on). One take per request or tick
+        is one log record.
+        """
+        return self.changelog.take(self)
 
     def take_effects(self) -> list[Effect]:
         effects, self._effects = self._effects, []
@@ -348,6 +368,7 @@ class Engine:
         job.state = JobState.READY
         job.due_at = None
         self._add_ready(job)
+        self.changelog.note_moved(job)
 
     def _add_ready(self, job: Job) -> None:
         tube = self._tube_of(job)
@@ -360,15 +381,19 @@ class Engine:
         job.due_at = due_at
         self._tube_of(job).delayed.push(job, (due_at, job.put_seq))
         self._touched.add(job.tube)
+        self.changelog.note_moved(job)
 
     def _enter_buried(self, job: Job, now: float) -> None:
         """Entering buried for any cause: a failure (§6.4)."""
         job.state = JobState.BURIED
         job.buried_at = now
+        self._bury_seq += 1
+        job.buried_seq = self._bury_seq
         job.due_at = None
         job.buries += 1
         tube = self._tube_of(job)
         tube.buried[job] = None
+        self.changelog.note_moved(job)
         tube.total_buried += 1
         self._touched.add(tube.name)
         self.workflows.child_failed(job, now)
@@ -408,6 +433,7 @@ class Engine:
         tube.shard_leave(job)
         del self.jobs[job.id]
         self._touched.add(tube.name)
+        self.changelog.note_gone(job)
 
     def _complete(self, job: Job, now: float) -> None:
         """A reserved job finished with done/delete (R3, X1): gone and a completion."""
@@ -462,6 +488,7 @@ class Engine:
             if job.parent is not None and job.parent.noop:
                 tube.shard_leave(job)
                 del self.jobs[job.id]
+                self.changelog.note_gone(job)
                 self._touched.add(tube.name)
                 tube.record_completion(now, None)
                 self.workflows.child_completed(job, now)
@@ -663,6 +690,108 @@ class Engine:
             "persistence": {"mode": "memory", "sync": None, "log_bytes": 0},
             **(self.extra_stats() if self.extra_stats is not None else {}),
         }
+
+    # ================================================================== restore (recovery)
+
+    def restore_job(self, job: Job, change: dict[str, Any]) -> None:
+        """Place a job from a `put` change, in its logged state, without any queue logic."""
+        tube = self.tubes.get(job.tube)
+        if tube is None:
+            tube = self.tubes[job.tube] = Tube(job.tube, fair=self._is_fair(job.tube), now=self.now)
+        if job.state not in (JobState.DELAYED, JobState.WAITING):
+            self._put_seq += 1
+            job.put_seq = self._put_seq
+        self.jobs[job.id] = job
+        tube.shard_enter(job)
+        self._place(job, change)
+        if job.idempotency_key is not None:
+            self.restore_key(job.idempotency_key, job.id, job.created_at)
+
+    def restore_state(self, job: Job, change: dict[str, Any]) -> None:
+        """Move a job to the state of a `state` change (and its counters, priority)."""
+        tube = self._tube_of(job)
+        state = job.state
+        if state is JobState.READY:
+            tube.remove_ready(job)
+        elif state is JobState.DELAYED:
+            tube.delayed.remove(job)
+        elif state is JobState.BURIED:
+            del tube.buried[job]
+        elif state is JobState.WAITING:
+            tube.waiting.remove(job)
+        job.priority = change["priority"]
+        job.state = JobState(change["state"])
+        for name in ("reserves", "timeouts", "releases", "buries", "kicks",
+                     "timeouts_since_kick", "releases_since_kick"):  # fmt: skip
+            setattr(job, name, change[name])
+        self._place(job, change)
+
+    def _place(self, job: Job, change: dict[str, Any]) -> None:
+        tube = self._tube_of(job)
+        seq = int(change["seq"])
+        state = job.state
+        if state is JobState.READY:
+            job.ready_seq = seq
+            job.ready_since = change["ready_since"]
+            self._ready_seq = max(self._ready_seq, seq)
+            tube.add_ready(job)
+        elif state is JobState.DELAYED:
+            job.due_at = change["due_at"]
+            job.put_seq = seq
+            self._put_seq = max(self._put_seq, seq)
+            tube.delayed.push(job, (job.due_at, seq))
+        elif state is JobState.BURIED:
+            job.buried_at = change["buried_at"]
+            job.buried_seq = seq
+            self._bury_seq = max(self._bury_seq, seq)
+            tube.buried[job] = None
+        elif state is JobState.WAITING:
+            assert job.parent is not None
+            job.put_seq = seq
+            self._put_seq = max(self._put_seq, seq)
+            tube.waiting.push(job, (job.parent.timeout_at, seq))
+        else:
+            raise ValueError(f"a job cannot be restored as {state.value}")
+        self._touched.add(tube.name)
+
+    def restore_tube(self, change: dict[str, Any]) -> None:
+        name = change["tube"]
+        tube = self.tubes.get(name)
+        if tube is None:
+            tube = self.tubes[name] = Tube(name, fair=self._is_fair(name), now=self.now)
+        tube.paused = bool(change["paused"])
+        tube.pause_until = change["pause_until"]
+        tps = change["throttle_tps"]
+        tube.set_throttle(None if tps is None else float(tps), self.now)  # bucket full
+        tube.draining = bool(change["draining"])
+        tube.shard_limit = change["shard_reservation_limit"]
+        self._touched.add(name)
+
+    def restore_key(self, key: str, job_id: str, first_seen: float) -> None:
+        if first_seen + self.config.dedup_window > self.now:
+            self._remember_key(key, job_id, first_seen)
+
+    def restore_sequences(self, seqs: dict[str, int]) -> None:
+        self._ready_seq = max(self._ready_seq, int(seqs.get("ready", 0)))
+        self._put_seq = max(self._put_seq, int(seqs.get("put", 0)))
+        self._bury_seq = max(self._bury_seq, int(seqs.get("bury", 0)))
+
+    def sequences(self) -> dict[str, int]:
+        """High-water marks of the ordering counters (`meta.seqs`)."""
+        return {"ready": self._ready_seq, "put": self._put_seq, "bury": self._bury_seq}
+
+    def key_records(self) -> list[tuple[str, KeyRecord]]:
+        return list(self._keys.items())
+
+    def finish_restore(self) -> None:
+        """After replay: buried jobs in `buried_at` order, timers and GC state recomputed."""
+        for tube in self.tubes.values():
+            if len(tube.buried) > 1:
+                ordered = sorted(tube.buried, key=lambda job: job.buried_seq)
+                tube.buried = dict.fromkeys(ordered)
+            self._touched.add(tube.name)
+        self._settle(self.now)
+        self.take_effects()
 
     # ================================================================== invariants (§20)
 

@@ -66,6 +66,7 @@ class Job:
     prev_ready_since: float = 0.0
     # buried
     buried_at: float | None = None
+    buried_seq: int = 0
     # counters (§5.3)
     reserves: int = 0
     timeouts: int = 0

@@ -354,10 +354,13 @@ def op_clear(engine: Engine, clean: dict[str, object], now: float) -> dict[str, 
         *tube.buried,
         *tube.waiting,
     ]
+    ids = []
     for job in jobs:
         removed[job.state.value] += 1
         engine._detach(job)
+        ids.append(job.id)
     tube.rotation.clear()
+    engine.changelog.note_cleared(tube.name, ids)
     return dict(removed)
 
 

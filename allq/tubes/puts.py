@@ -117,6 +117,7 @@ def _put(
         engine.workflows.child_started(parent_job)
     if key is not None:
         engine._remember_key(key, job.id, now)
+    engine.changelog.note_created(job)
     return {"id": job.id, "state": job.state.value, "duplicate": False}
 
 

@@ -46,6 +46,7 @@ class Workflows:
     def child_started(self, parent: Job) -> None:
         assert parent.parent is not None
         parent.parent.children_started += 1
+        self._engine.changelog.note_counted(parent)
 
     def _waiting_parent(self, child: Job) -> Job | None:
         if child.parent_id is None:
@@ -61,6 +62,7 @@ class Workflows:
             return
         assert parent.parent is not None
         parent.parent.children_completed += 1
+        self._engine.changelog.note_counted(parent)
         self._apply_start_rule(parent, now)
 
     def child_failed(self, child: Job, now: float) -> None:
@@ -70,6 +72,7 @@ class Workflows:
         info = parent.parent
         assert info is not None
         info.children_failed += 1
+        self._engine.changelog.note_counted(parent)
         if info.on_child_failure == "bury":
             self._leave_waiting(parent)
             self._engine._enter_buried(parent, now)  # W3, itself a failure upward
@@ -88,6 +91,7 @@ class Workflows:
         info = parent.parent
         assert info is not None
         info.limit = info.children_started
+        self._engine.changelog.note_counted(parent)
         record: dict[str, object] = {
             "limit": info.limit,
             "children_started": info.children_started,
@@ -117,6 +121,7 @@ class Workflows:
             tube = engine.tubes[parent.tube]
             tube.shard_leave(parent)
             del engine.jobs[parent.id]
+            engine.changelog.note_gone(parent)
             tube.record_completion(now, None)
             self.child_completed(parent, now)
         else:

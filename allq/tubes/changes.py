@@ -1,0 +1,291 @@
+"""Change maps: what the engine's state changes look like in the log (persistence.md §4).
+
+Charter: pure functions between the engine's records and the change maps of the log.
+`ChangeLog` collects, during one engine call, which jobs were created, moved, counted or
+gone and which tubes changed settings; `take()` turns that into the ordered change maps of
+one log record (one request or one tick is one record). `restore()` applies change maps
+literally to an engine, as recovery does: no timers, no parent rules, no waiters.
+`dump()` writes the live state as change maps (a snapshot's content). No clock, no I/O.
+
+Not logged, per semantics.md §17: reserve (R1), touch (R2), unreserve (R10), pause ends,
+idempotency expiry, tube GC and the server-wide drain. A reserved job is written as the
+ready job it was before its reservation, so a restart puts it back in its place (R11).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from allq.tubes.job import Job, JobState, ParentInfo
+from allq.tubes.tube import Tube
+
+if TYPE_CHECKING:
+    from allq.tubes.engine import Engine
+
+Change = dict[str, Any]
+COUNTERS = (
+    "reserves",
+    "timeouts",
+    "releases",
+    "buries",
+    "kicks",
+    "timeouts_since_kick",
+    "releases_since_kick",
+)
+_PARENT_FIELDS = ("timeout", "timeout_at", "run_on_timeout", "limit", "noop", "on_child_failure")
+_CHILD_COUNTS = ("children_started", "children_completed", "children_failed")
+
+
+class RestoreError(ValueError):
+    """A change map that cannot be applied (a duplicate put, a malformed map)."""
+
+
+def _logged_state(job: Job) -> tuple[JobState, dict[str, Any]]:
+    """The state a job is logged in, with its ordering number and time field."""
+    state = job.state
+    if state is JobState.RESERVED:  # logged as the ready job it was (R11 on restart)
+        return JobState.READY, {"seq": job.prev_ready_seq, "ready_since": job.prev_ready_since}
+    if state is JobState.READY:
+        return state, {"seq": job.ready_seq, "ready_since": job.ready_since}
+    if state is JobState.DELAYED:
+        return state, {"seq": job.put_seq, "due_at": job.due_at}
+    if state is JobState.BURIED:
+        return state, {"seq": job.buried_seq, "buried_at": job.buried_at}
+    return state, {"seq": job.put_seq}
+
+
+def state_change(job: Job) -> Change:
+    state, extra = _logged_state(job)
+    change: Change = {"t": "state", "id": job.id, "state": state.value, "priority": job.priority}
+    change.update(extra)
+    change.update({name: getattr(job, name) for name in COUNTERS})
+    return change
+
+
+def put_change(job: Job) -> Change:
+    """`put` with the job fields J of persistence.md §4."""
+    state, extra = _logged_state(job)
+    change: Change = {
+        "t": "put",
+        "id": job.id,
+        "tube": job.tube,
+        "body": job.body,
+        "priority": job.priority,
+        "ttr": job.ttr,
+        "expired_limit": job.expired_limit,
+        "max_releases": job.max_releases,
+        "created_at": job.created_at,
+        "state": state.value,
+        **extra,
+        **{name: getattr(job, name) for name in COUNTERS},
+    }
+    for name in ("parent_id", "shard_key", "idempotency_key"):
+        value = getattr(job, name)
+        if value is not None:
+            change[name] = value
+    if job.parent is not None:
+        change.update(
+            {name: getattr(job.parent, name) for name in (*_PARENT_FIELDS, *_CHILD_COUNTS)}
+        )
+    return change
+
+
+def count_change(parent: Job) -> Change:
+    info = parent.parent
+    assert info is not None
+    return {
+        "t": "count",
+        "id": parent.id,
+        "limit": info.limit,
+        **{name: getattr(info, name) for name in _CHILD_COUNTS},
+    }
+
+
+def tube_change(tube: Tube) -> Change:
+    return {
+        "t": "tube",
+        "tube": tube.name,
+        "paused": tube.paused,
+        "pause_until": tube.pause_until,
+        "throttle_tps": tube.throttle_tps,
+        "draining": tube.draining,
+        "shard_reservation_limit": tube.shard_limit,
+    }
+
+
+@dataclass(slots=True)
+class ChangeLog:
+    """What one engine call changed, in the terms of the log (see the module charter)."""
+
+    enabled: bool = False
+    created: dict[str, Job] = field(default_factory=dict)
+    moved: dict[str, Job] = field(default_factory=dict)
+    counted: dict[str, Job] = field(default_factory=dict)
+    gone: dict[str, None] = field(default_factory=dict)
+    tubes: dict[str, None] = field(default_factory=dict)
+    cleared: list[str] = field(default_factory=list)
+
+    def note_created(self, job: Job) -> None:
+        if self.enabled:
+            self.created[job.id] = job
+
+    def note_moved(self, job: Job) -> None:
+        if self.enabled:
+            self.moved[job.id] = job
+
+    def note_counted(self, parent: Job) -> None:
+        if self.enabled:
+            self.counted[parent.id] = parent
+
+    def note_gone(self, job: Job) -> None:
+        if self.enabled:
+            self.gone[job.id] = None
+
+    def note_tube(self, name: str) -> None:
+        if self.enabled:
+            self.tubes[name] = None
+
+    def note_cleared(self, name: str, ids: Iterable[str]) -> None:
+        """`clear` is one change, not one delete per job."""
+        if self.enabled:
+            for job_id in ids:
+                self.gone.pop(job_id, None)
+                self.created.pop(job_id, None)
+            self.cleared.append(name)
+
+    def take(self, engine: Engine) -> list[Change]:
+        """The ordered change maps of this call; resets the collection."""
+        if not self.enabled:
+            return []
+        changes: list[Change] = [
+            tube_change(engine.tubes[name]) for name in self.tubes if name in engine.tubes
+        ]
+        changes.extend({"t": "clear", "tube": name} for name in self.cleared)
+        live = engine.jobs
+        created = sorted(
+            (job for job in self.created.values() if live.get(job.id) is job),
+            key=lambda job: job.put_seq,
+        )
+        changes.extend(put_change(job) for job in created)
+        changes.extend(
+            state_change(job)
+            for job_id, job in self.moved.items()
+            if job_id not in self.created and live.get(job_id) is job
+        )
+        changes.extend(
+            count_change(job)
+            for job_id, job in self.counted.items()
+            if job_id not in self.created and live.get(job_id) is job
+        )
+        changes.extend(
+            {"t": "delete", "id": job_id}
+            for job_id in self.gone
+            if job_id not in live and job_id not in self.created
+        )
+        self.created.clear()
+        self.moved.clear()
+        self.counted.clear()
+        self.gone.clear()
+        self.tubes.clear()
+        self.cleared.clear()
+        return changes
+
+
+# -- restore and dump ---------------------------------------------------------------------------
+
+
+def dump(engine: Engine) -> list[Change]:
+    """The live state as change maps: tube settings, every live job, live key records."""
+    changes: list[Change] = [
+        tube_change(tube) for tube in engine.tubes.values() if tube.has_settings()
+    ]
+    changes.extend(put_change(job) for job in sorted(engine.jobs.values(), key=lambda j: j.put_seq))
+    changes.extend(
+        {"t": "idem", "key": key, "id": record.job_id, "first_seen": record.first_seen}
+        for key, record in engine.key_records()
+    )
+    return changes
+
+
+def restore(engine: Engine, changes: Iterable[Change]) -> int:
+    """Apply change maps literally (recovery); returns how many named an unknown job."""
+    orphans = 0
+    for change in changes:
+        kind = change["t"]
+        if kind == "put":
+            if change["id"] in engine.jobs:
+                raise RestoreError(f"duplicate put of job {change['id']}")
+            engine.restore_job(_job_from(change), change)
+        elif kind in ("state", "count", "delete"):
+            job = engine.jobs.get(change["id"])
+            if job is None:
+                orphans += 1
+            elif kind == "state":
+                engine.restore_state(job, change)
+            elif kind == "count":
+                _restore_count(job, change)
+            else:
+                engine._detach(job)
+        elif kind == "clear":
+            tube = engine.tubes.get(change["tube"])
+            if tube is not None:
+                for job in [
+                    *tube.by_age,
+                    *tube.delayed,
+                    *tube.reserved,
+                    *tube.buried,
+                    *tube.waiting,
+                ]:
+                    engine._detach(job)
+        elif kind == "tube":
+            engine.restore_tube(change)
+        elif kind == "idem":
+            engine.restore_key(change["key"], change["id"], change["first_seen"])
+        elif kind == "meta":
+            engine.restore_sequences(change.get("seqs", {}))
+        elif kind != "end":
+            raise RestoreError(f"unknown change type {kind!r}")
+    engine.finish_restore()
+    return orphans
+
+
+def _job_from(change: Change) -> Job:
+    job = Job(
+        id=change["id"],
+        tube=change["tube"],
+        body=change["body"],
+        priority=change["priority"],
+        ttr=float(change["ttr"]),
+        expired_limit=change["expired_limit"],
+        max_releases=change["max_releases"],
+        created_at=change["created_at"],
+        put_seq=change["seq"] if change["state"] in ("delayed", "waiting") else 0,
+        state=JobState(change["state"]),
+        parent_id=change.get("parent_id"),
+        shard_key=change.get("shard_key"),
+        idempotency_key=change.get("idempotency_key"),
+    )
+    for name in COUNTERS:
+        setattr(job, name, change[name])
+    if "timeout_at" in change:
+        job.parent = ParentInfo(
+            limit=change["limit"],
+            timeout=change["timeout"],
+            timeout_at=change["timeout_at"],
+            run_on_timeout=change["run_on_timeout"],
+            noop=change["noop"],
+            on_child_failure=change["on_child_failure"],
+        )
+        _restore_count(job, change)
+    return job
+
+
+def _restore_count(parent: Job, change: Change) -> None:
+    info = parent.parent
+    if info is None:
+        raise RestoreError(f"count change for {parent.id}, which is not a parent")
+    info.limit = change["limit"]
+    for name in _CHILD_COUNTS:
+        setattr(info, name, change[name])
