@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import resource
 import socket
 import statistics
 import subprocess
@@ -30,44 +27,9 @@ import trio
 
 from allq.client.raw import JsonHttp
 from allq.wire.keyfiles import keygen
+from benchmarks.procs import cpu_seconds, own_cpu, start
 
-LISTENING = re.compile(r"listening on (?:http://)?([0-9.]+):(\d+)")
 BODY = "x" * 100
-
-
-def cpu_of(pid: int) -> float:
-    total = 0.0
-    for p in [pid, *children(pid)]:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    return [int(c) for c in text.split()]
-
-
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def start(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
-    with log.open("w") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "allq", *args], stderr=handle)
-    deadline = time.monotonic() + 30
-    while not (match := LISTENING.search(log.read_text())):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"allq {args[0]} did not start:\n{log.read_text()}")
-        time.sleep(0.05)
-    return process, (match.group(1), int(match.group(2)))
 
 
 async def cycles(
@@ -171,9 +133,9 @@ def main() -> None:
             for workers in [int(w) for w in args.workers_list.split(",")]:
                 gateway, address = start_gateway(workers, servers, keys, root)
                 try:
-                    server_cpu = sum(cpu_of(p.pid) for p, _ in servers)
+                    server_cpu = sum(cpu_seconds(p.pid) for p, _ in servers)
                     gateway_cpu, client_cpu, t0 = (
-                        cpu_of(gateway.pid),
+                        cpu_seconds(gateway.pid, with_children=True),
                         own_cpu(),
                         time.perf_counter(),
                     )
@@ -190,10 +152,16 @@ def main() -> None:
                         "error_answers": errors,
                         "jobs_per_s": round(done / elapsed),
                         "gateway_cpu_s_per_1000": round(
-                            (cpu_of(gateway.pid) - gateway_cpu) / done * 1000, 3
+                            (cpu_seconds(gateway.pid, with_children=True) - gateway_cpu)
+                            / done
+                            * 1000,
+                            3,
                         ),
                         "server_cpu_s_per_1000": round(
-                            (sum(cpu_of(p.pid) for p, _ in servers) - server_cpu) / done * 1000, 3
+                            (sum(cpu_seconds(p.pid) for p, _ in servers) - server_cpu)
+                            / done
+                            * 1000,
+                            3,
                         ),
                         "loadgen_cpu_s_per_1000": round((own_cpu() - client_cpu) / done * 1000, 3),
                     }

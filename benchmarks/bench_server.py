@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,20 +24,10 @@ import trio
 
 from allq.wire.client import Client, open_client
 from allq.wire.keyfiles import KeyPair, PublicKey, keygen, load_public_key, load_secret_key
+from benchmarks.procs import cpu_seconds, own_cpu, start
 
 LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 BODY = b"x" * 100
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def measure(
@@ -159,35 +146,13 @@ def main() -> None:
         keys = Path(tmp) / "keys"
         keygen(keys, clients=1, force=False)
         log_path = Path(tmp) / "server.log"
-        with log_path.open("w") as log_file:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "allq",
-                    "server",
-                    "--port",
-                    "0",
-                    "--name",
-                    "bench",
-                    "--key",
-                    str(keys / "server.key"),
-                    "--allow",
-                    str(keys / "clients.allow"),
-                    "--handshake-rate",
-                    "100000",
-                    "--handshake-rate-per-source",
-                    "100000",
-                ],
-                stderr=log_file,
-            )
+        process, (host, port) = start(
+            ["server", "--port", "0", "--name", "bench", "--key", str(keys / "server.key"),
+             "--allow", str(keys / "clients.allow"), "--handshake-rate", "100000",
+             "--handshake-rate-per-source", "100000"],
+            log_path,
+        )  # fmt: skip
         try:
-            deadline = time.monotonic() + 30
-            while not (match := LISTENING.search(log_path.read_text())):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the server did not start:\n" + log_path.read_text())
-                time.sleep(0.05)
-            host, port = match.group(1), int(match.group(2))
             trio.run(run, args, keys, host, port, process.pid)
         except BaseException:
             print(log_path.read_text()[-3000:], file=sys.stderr)

@@ -7,8 +7,6 @@ generous `trio.fail_after`; the process is always stopped and reaped.
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,8 +19,7 @@ from allq.errors import TimedOut
 from allq.wire.client import open_client
 from allq.wire.keyfiles import keygen, load_public_key, load_secret_key
 from allq.wire.stream import HandshakeFailed
-
-LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
+from tests.helpers.processes import AllqProcess, server_args
 
 
 @pytest.fixture
@@ -31,67 +28,16 @@ def keys(tmp_path: Path) -> Path:
     return tmp_path / "keys"
 
 
-class ServerProcess:
-    def __init__(self, keys: Path, *extra: str) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "allq",
-                "server",
-                "--port",
-                "0",
-                "--name",
-                "smoke",
-                "--key",
-                str(keys / "server.key"),
-                "--allow",
-                str(keys / "clients.allow"),
-                *extra,
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.log: list[str] = []
-
-    async def address(self) -> tuple[str, int]:
-        assert self.process.stderr is not None
-        while True:
-            line = await trio.to_thread.run_sync(self.process.stderr.readline)
-            if not line:
-                raise AssertionError(f"server exited early: {''.join(self.log)}")
-            self.log.append(line)
-            match = LISTENING.search(line)
-            if match:
-                return match.group(1), int(match.group(2))
-
-    def stop(self) -> int:
-        assert self.process.stderr is not None
-        if self.process.stderr.closed:
-            return self.process.wait()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        try:
-            code = self.process.wait(timeout=20)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            self.log.append(self.process.stderr.read())
-            self.process.stderr.close()
-        return code
-
-
 @pytest.fixture
-def server(keys: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(keys)
+def server(keys: Path, tmp_path: Path) -> Iterator[AllqProcess]:
+    process = AllqProcess(tmp_path / "server.log", *server_args(keys, "smoke"))
     try:
         yield process
     finally:
         process.stop()
 
 
-async def test_put_reserve_done_over_real_tcp(keys: Path, server: ServerProcess) -> None:
+async def test_put_reserve_done_over_real_tcp(keys: Path, server: AllqProcess) -> None:
     with trio.fail_after(30):
         host, port = await server.address()
         client_keys = load_secret_key(keys / "client-1.key")
@@ -108,11 +54,11 @@ async def test_put_reserve_done_over_real_tcp(keys: Path, server: ServerProcess)
             assert stats["server_id"] == "smoke"
             assert stats["connections"] == 1
     assert server.stop() == 0
-    assert "graceful shutdown" in "".join(server.log)
+    assert "graceful shutdown" in server.log()
 
 
 async def test_unlisted_client_gets_nothing(
-    keys: Path, server: ServerProcess, tmp_path: Path
+    keys: Path, server: AllqProcess, tmp_path: Path
 ) -> None:
     keygen(tmp_path / "stranger", clients=1, force=False)
     with trio.fail_after(30):
