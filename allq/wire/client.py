@@ -268,9 +268,15 @@ class Client:
 
     async def _reader(self) -> None:
         reason = "connection closed"
+        cancelled = False
         try:
             while True:
                 self._route(await self.stream.receive())
+        except trio.Cancelled:
+            # The owner is closing the client: its goodbye still has to go out, and
+            # `_goodbye` fails what is left in flight afterwards.
+            cancelled = True
+            raise
         except trio.EndOfChannel:
             reason = "closed by the server"
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -278,12 +284,13 @@ class Client:
         except RemoteProtocolError as exc:
             reason = f"protocol error: {exc}"
         finally:
-            if self.closing is not None:
-                reason += f" ({self.closing.get('closing')}"
-                if self.closing.get("error"):
-                    reason += f", {self.closing.get('error')}: {self.closing.get('message')}"
-                reason += ")"
-            self._fail_all(reason)
+            if not cancelled:
+                if self.closing is not None:
+                    reason += f" ({self.closing.get('closing')}"
+                    if self.closing.get("error"):
+                        reason += f", {self.closing.get('error')}: {self.closing.get('message')}"
+                    reason += ")"
+                self._fail_all(reason)
 
     def _fail_all(self, reason: str) -> None:
         if self._lost is None:

@@ -237,6 +237,21 @@ async def test_client_says_goodbye_with_a_final_frame() -> None:
     await server_stream.aclose()
 
 
+async def test_client_cancelled_by_its_owner_still_says_goodbye() -> None:
+    """A gateway shutting down cancels its links; servers must see a clean close."""
+    client_stream, server_stream = await encrypted_pair()
+    with trio.CancelScope() as scope:
+        async with connect_stream(client_stream):
+            scope.cancel()
+            with trio.CancelScope(shield=True):  # let the reader task see its Cancelled first
+                await trio.testing.wait_all_tasks_blocked()
+            await trio.sleep_forever()
+    assert await server_stream.receive() == {"id": 0, "closing": "client"}
+    with pytest.raises(trio.EndOfChannel):
+        await server_stream.receive()
+    await server_stream.aclose()
+
+
 async def test_body_exception_is_not_wrapped_in_a_group() -> None:
     client_stream, server_stream = await encrypted_pair()
     with pytest.raises(KeyError):
