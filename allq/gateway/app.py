@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from allq.errors import AllQError, BadFormat, JobTooBig, Unauthorized
 from allq.errors import NotFound as NotFoundError
 from allq.gateway.bodies import error_response, json_response, parse_json, parse_query
 from allq.gateway.core import GatewayCore
+from allq.gateway.metrics import CountingLimiter, GatewayMetrics
 from allq.gateway.openapi import build_document
 from allq.gateway.routes import ROUTES, Call, Limiter, Route, check_path
 
@@ -54,6 +56,7 @@ class GatewayApp:
     long_poll_cap_s: float
     api_token: str | None
     document: dict[str, Any]
+    metrics: GatewayMetrics
 
 
 def v1_shaped(path: str) -> bool:
@@ -70,6 +73,13 @@ def _token_ok(header: str, token: str) -> bool:
 
 def _view(route: Route, state: GatewayApp) -> Callable[..., Awaitable[Response]]:
     async def view(**params: str) -> Response:
+        started = time.perf_counter()
+        try:
+            return await answer(params)
+        finally:  # observability: latency per route, errors included
+            state.metrics.request_done(route.name, time.perf_counter() - started)
+
+    async def answer(params: dict[str, str]) -> Response:
         bound = state.limiter.request() if route.bounded else nullcontext()
         with bound:
             checked = {name: check_path(name, value) for name, value in params.items()}
@@ -99,6 +109,10 @@ def _view(route: Route, state: GatewayApp) -> Callable[..., Awaitable[Response]]
     view.__name__ = route.name
     view.__qualname__ = f"v1.{route.name}"
     return view
+
+
+#: The v1 code of each status `_http_error` answers (for the errors-by-code counter).
+_HTTP_CODES = {404: "NOT_FOUND", 405: "BAD_FORMAT", 408: "BAD_FORMAT", 413: "JOB_TOO_BIG"}
 
 
 def _http_error(exc: HTTPException) -> Response:
@@ -148,16 +162,19 @@ def create_app(
     if api_token is not None and not api_token:
         raise ValueError("api_token must not be empty (give None for no token)")
 
-    app = QuartTrio(__name__)
+    # No automatic /static route: the dashboard's files are served by `observability`.
+    app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
     app.config["RESPONSE_TIMEOUT"] = long_poll_cap_s + RESPONSE_MARGIN_S
+    limiter = CountingLimiter(max_inflight=max_inflight, max_waiting=max_waiting)
     state = GatewayApp(
         core=core,
-        limiter=Limiter(max_inflight=max_inflight, max_waiting=max_waiting),
+        limiter=limiter,
         long_poll_cap_s=long_poll_cap_s,
         api_token=api_token,
         document=build_document(ROUTES, auth=api_token is not None, version=__version__),
+        metrics=GatewayMetrics(limiter),
     )
     app.extensions["allq"] = state
     public = frozenset(route.path for route in ROUTES if not route.auth)
@@ -176,7 +193,7 @@ def create_app(
     from allq.gateway.observability import register_observability
 
     register_legacy_routes(app, state)
-    register_observability(app, state)
+    public |= register_observability(app, state)  # the dashboard page and its files
 
     @app.before_request
     async def check_token() -> Response | None:
@@ -184,6 +201,7 @@ def create_app(
             return None
         if _token_ok(request.headers.get("Authorization", ""), api_token):
             return None
+        state.metrics.error(Unauthorized.code)
         if v1_shaped(request.path):
             return error_response(Unauthorized("a valid 'Authorization: Bearer' token is needed"))
         return json_response(
@@ -191,12 +209,17 @@ def create_app(
         )
 
     async def on_allq_error(exc: AllQError) -> Response:
+        state.metrics.error(exc.code)
         return error_response(exc)
 
     async def on_http_error(exc: HTTPException) -> Response:
-        return _http_error(exc)
+        response = _http_error(exc)
+        status = response.status_code
+        state.metrics.error(_HTTP_CODES.get(status, "BAD_FORMAT" if status < 500 else "INTERNAL"))
+        return response
 
     async def on_unexpected(exc: Exception) -> Response:
+        state.metrics.error("INTERNAL")
         logger.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
         return error_response(AllQError(f"internal error: {type(exc).__name__}"))
 

@@ -101,6 +101,8 @@ class Gateway:
         self._settings: dict[str, TubeSettings] = {}
         self.changed = trio.Event()
         self._routable_ids: frozenset[str] = frozenset()
+        # Observability (allq.gateway.metrics): jobs handed out by reserve, by tube.
+        self.reserved_by_tube: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -270,6 +272,11 @@ class Gateway:
     async def reserve(
         self, tubes: list[str], *, count: int = 1, wait_s: float = 0.0
     ) -> list[JobView]:
+        jobs = await self._reserve(tubes, count, wait_s)
+        _count_tubes(self.reserved_by_tube, jobs)
+        return jobs
+
+    async def _reserve(self, tubes: list[str], count: int, wait_s: float) -> list[JobView]:
         links = self._require_routable()
         random.shuffle(links)
         deadline = trio.current_time() + wait_s
@@ -633,6 +640,18 @@ class Gateway:
         self._routable_ids = frozenset()
         self._nursery.start_soon(self._resplit_throttles)
         self._signal()
+
+
+#: Tubes counted by name in `reserved_by_tube`; past it, counts go under "" (bounded memory).
+MAX_COUNTED_TUBES = 10_000
+
+
+def _count_tubes(counts: dict[str, int], jobs: list[JobView]) -> None:
+    for job in jobs:
+        tube = str(job.get("tube", ""))
+        if tube not in counts and len(counts) >= MAX_COUNTED_TUBES:
+            tube = ""
+        counts[tube] = counts.get(tube, 0) + 1
 
 
 def _throttle_call(tube: str, share: float) -> Callable[[ServerLink], Awaitable[Any]]:
