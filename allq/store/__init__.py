@@ -1,0 +1,1 @@
+"""Server persistence (persistence.md): storage, file format, log writer, recovery."""

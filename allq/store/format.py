@@ -1,0 +1,465 @@
+"""The on-disk format of persistence.md §3, §4 and the bad-record verdicts of §6.4.
+
+Charter: pure functions over bytes, no I/O, no clock. A file is a 32-byte header followed
+by records; a record is `u32 N`, `u32 CRC-32(length bytes + payload)` and a payload of `N`
+bytes holding a CBOR array of change maps. `scan` walks a file's bytes, returns its whole
+records and the first problem with the facts §6.4 needs to call it a torn tail, a torn
+creation or corruption (`Problem.verdict`).
+
+Payloads are decoded with the strict rules of wire.md §4 (`allq.wire.codec`'s), then each
+change is validated against the field set of its type `t` (§4). `encode_record` runs the
+same validation, so the log never holds a change the next start would refuse.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import math
+import re
+import struct
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+import cbor2
+
+from allq.tubes.config import SERVER_ID_RE
+from allq.tubes.validate import IDEMPOTENCY_KEY_RE, LOCAL_ID_RE, TUBE_NAME_RE
+from allq.wire.codec import _NO_TAGS, MAX_DEPTH, _check_value, _tag_hook
+
+MAGIC: Final = b"ALQLOG\r\n"
+FORMAT_VERSION: Final = 1
+KIND_LOG: Final = 1
+KIND_SNAPSHOT: Final = 2
+HEADER_SIZE: Final = 32
+RECORD_HEADER_SIZE: Final = 8
+MAX_PAYLOAD: Final = 33_554_432
+BLOCK: Final = 512
+U32_MAX: Final = 0xFFFF_FFFF
+U64_MAX: Final = 2**64 - 1
+
+_HEADER: Final = struct.Struct(">8sHBBQQ")  # bytes 0-27; the CRC follows
+_U32: Final = struct.Struct(">I")
+_RECORD_HEAD: Final = struct.Struct(">II")
+_ZERO_BLOCK: Final = bytes(BLOCK)
+
+Change = dict[str, object]
+
+# --- names (§3) -----------------------------------------------------------------------------
+
+_NAME_RE: Final = re.compile(r"(log|snap)-([0-9]{20})\.aql")
+TMP_SUFFIX: Final = ".tmp"
+
+
+def log_name(seq: int) -> str:
+    return f"log-{seq:020d}.aql"
+
+
+def snap_name(seq: int) -> str:
+    return f"snap-{seq:020d}.aql"
+
+
+def parse_name(name: str) -> tuple[int, int] | None:
+    """`(kind, seq)` of a log or snapshot file name, None for any other name."""
+    match = _NAME_RE.fullmatch(name)
+    if match is None:
+        return None
+    kind = KIND_LOG if match.group(1) == "log" else KIND_SNAPSHOT
+    return kind, int(match.group(2))
+
+
+# --- file header (§4) ---------------------------------------------------------------------
+
+
+class FormatError(ValueError):
+    """A header, record or change that breaks the format; the message is the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileHeader:
+    kind: int
+    seq: int
+    created_ms: int
+
+
+def encode_header(kind: int, seq: int, created_ms: int) -> bytes:
+    if kind not in (KIND_LOG, KIND_SNAPSHOT):
+        raise ValueError(f"unknown file kind {kind}")
+    head = _HEADER.pack(MAGIC, FORMAT_VERSION, kind, 0, seq, created_ms)
+    return head + _U32.pack(zlib.crc32(head))
+
+
+def decode_header(data: bytes) -> FileHeader:
+    """The header at the start of `data`.
+
+    Raises:
+        FormatError: incomplete, a wrong magic, version, kind, padding or CRC.
+    """
+    if len(data) < HEADER_SIZE:
+        raise FormatError(f"incomplete file header ({len(data)} of {HEADER_SIZE} bytes)")
+    magic, version, kind, pad, seq, created_ms = _HEADER.unpack_from(data)
+    (crc,) = _U32.unpack_from(data, 28)
+    if crc != zlib.crc32(data[:28]):
+        raise FormatError("file header CRC mismatch")
+    if magic != MAGIC:
+        raise FormatError("not an allq log file (wrong magic)")
+    if version != FORMAT_VERSION:
+        raise FormatError(f"unsupported format version {version}")
+    if kind not in (KIND_LOG, KIND_SNAPSHOT) or pad != 0:
+        raise FormatError(f"unknown file kind {kind}/{pad}")
+    return FileHeader(kind, seq, created_ms)
+
+
+# --- strict CBOR (wire.md §4) for arrays ------------------------------------------------
+
+
+def decode_payload(payload: bytes) -> list[Change]:
+    """A record payload: one CBOR array of one or more maps, strictly decoded and validated.
+
+    Raises:
+        FormatError: invalid CBOR, a disallowed type, not an array of maps, an invalid change.
+    """
+    fp = io.BytesIO(payload)
+    decoder = cbor2.CBORDecoder(
+        fp,
+        tag_hook=_tag_hook,
+        semantic_decoders=cast("Mapping[int, Any]", _NO_TAGS),
+        str_errors="strict",
+        max_depth=MAX_DEPTH,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+        strict_hashable_types=True,
+    )
+    try:
+        value = decoder.decode()
+    except Exception as exc:  # cbor2 raises CBORDecodeError, EOF, ValueError, MemoryError …
+        raise FormatError(f"invalid CBOR: {exc}") from None
+    if fp.tell() != len(payload):
+        raise FormatError("trailing bytes after the CBOR item")
+    if not isinstance(value, list) or not value:
+        raise FormatError("the payload is not a non-empty CBOR array")
+    _check_value(value, 1, FormatError)
+    for index, change in enumerate(value):
+        if not isinstance(change, dict):
+            raise FormatError(f"change {index} is not a map")
+        try:
+            validate_change(change)
+        except FormatError as exc:
+            raise FormatError(f"change {index}: {exc}") from None
+    return value
+
+
+def encode_record(changes: Sequence[Mapping[str, object]]) -> bytes:
+    """One record holding `changes`, each validated first.
+
+    Raises:
+        FormatError: no change, an invalid change, a payload above the cap.
+    """
+    if not changes:
+        raise FormatError("a record holds at least one change")
+    items = [dict(change) for change in changes]
+    for change in items:
+        validate_change(change)
+    _check_value(items, 1, FormatError)
+    payload = cbor2.dumps(items)
+    if len(payload) > MAX_PAYLOAD:
+        raise FormatError(f"record payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    length = _U32.pack(len(payload))
+    return length + _U32.pack(zlib.crc32(payload, zlib.crc32(length))) + payload
+
+
+# --- change validation (§4) -------------------------------------------------------------
+
+Check = Callable[[object], bool]
+
+
+def _is_int(low: int = 0, high: int = U64_MAX) -> Check:
+    return lambda v: type(v) is int and low <= v <= high
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_positive(v: object) -> bool:
+    return _is_number(v) and cast("float", v) > 0
+
+
+def _is_bool(v: object) -> bool:
+    return isinstance(v, bool)
+
+
+def _matches(pattern: re.Pattern[str]) -> Check:
+    return lambda v: isinstance(v, str) and pattern.fullmatch(v) is not None
+
+
+def _optional(check: Check) -> Check:
+    return lambda v: v is None or check(v)
+
+
+def _is_text(v: object) -> bool:
+    return isinstance(v, str)
+
+
+def _is_seqs(v: object) -> bool:
+    return isinstance(v, dict) and all(
+        isinstance(k, str) and type(n) is int and 0 <= n <= U64_MAX for k, n in v.items()
+    )
+
+
+_ID: Final = _matches(LOCAL_ID_RE)
+_TUBE: Final = _matches(TUBE_NAME_RE)
+_COUNT: Final = _is_int()
+_U32_CHECK: Final = _is_int(0, U32_MAX)
+
+COUNTERS: Final = (
+    "reserves",
+    "timeouts",
+    "releases",
+    "buries",
+    "kicks",
+    "timeouts_since_kick",
+    "releases_since_kick",
+)
+STATE_TIMES: Final = {"ready": "ready_since", "delayed": "due_at", "buried": "buried_at"}
+JOB_STATES: Final = ("ready", "delayed", "buried", "waiting")
+
+_JOB_REQUIRED: Final[dict[str, Check]] = {
+    "id": _ID,
+    "tube": _TUBE,
+    "body": lambda v: isinstance(v, bytes),
+    "priority": _U32_CHECK,
+    "ttr": _is_positive,
+    "expired_limit": _COUNT,
+    "max_releases": _COUNT,
+    "created_at": _is_number,
+    "state": lambda v: v in JOB_STATES,
+    "seq": _COUNT,
+    **dict.fromkeys(COUNTERS, _COUNT),
+}
+_JOB_OPTIONAL: Final[dict[str, Check]] = {
+    "parent_id": _ID,
+    "shard_key": _TUBE,
+    "idempotency_key": _matches(IDEMPOTENCY_KEY_RE),
+}
+_PARENT: Final[dict[str, Check]] = {
+    "timeout": _is_positive,
+    "timeout_at": _is_number,
+    "run_on_timeout": _is_bool,
+    "limit": _optional(_COUNT),
+    "noop": _is_bool,
+    "on_child_failure": lambda v: v in ("wait", "bury"),
+    "children_started": _COUNT,
+    "children_completed": _COUNT,
+    "children_failed": _COUNT,
+}
+_STATE: Final[dict[str, Check]] = {
+    "id": _ID,
+    "state": lambda v: v in STATE_TIMES,
+    "priority": _U32_CHECK,
+    "seq": _COUNT,
+    **dict.fromkeys(COUNTERS, _COUNT),
+}
+_FIXED: Final[dict[str, dict[str, Check]]] = {
+    "meta": {
+        "format": lambda v: type(v) is int and v == FORMAT_VERSION,
+        "server_id": _matches(SERVER_ID_RE),
+        "prev": _COUNT,
+        "seqs": _is_seqs,
+        "version": _is_text,
+    },
+    "delete": {"id": _ID},
+    "count": {
+        "id": _ID,
+        "limit": _optional(_COUNT),
+        "children_started": _COUNT,
+        "children_completed": _COUNT,
+        "children_failed": _COUNT,
+    },
+    "clear": {"tube": _TUBE},
+    "tube": {
+        "tube": _TUBE,
+        "paused": _is_bool,
+        "pause_until": _optional(_is_number),
+        "throttle_tps": _optional(_is_number),
+        "draining": _is_bool,
+        "shard_reservation_limit": _optional(_COUNT),
+    },
+    "idem": {"key": _matches(IDEMPOTENCY_KEY_RE), "id": _ID, "first_seen": _is_number},
+    "end": {"changes": _COUNT},
+}
+CHANGE_TYPES: Final = ("meta", "put", "state", "delete", "count", "clear", "tube", "idem", "end")
+
+
+def _expected_fields(change: Mapping[str, object]) -> tuple[dict[str, Check], dict[str, Check]]:
+    """(required, optional) field checks of `change`, keyed by name, `t` excluded."""
+    kind = change.get("t")
+    if kind == "put":
+        required = dict(_JOB_REQUIRED)
+        state = change.get("state")
+        if isinstance(state, str) and state in STATE_TIMES:
+            required[STATE_TIMES[state]] = _is_number
+        if state == "waiting" or any(key in change for key in _PARENT):
+            required.update(_PARENT)
+        return required, _JOB_OPTIONAL
+    if kind == "state":
+        required = dict(_STATE)
+        state = change.get("state")
+        if isinstance(state, str) and state in STATE_TIMES:
+            required[STATE_TIMES[state]] = _is_number
+        return required, {}
+    if isinstance(kind, str) and kind in _FIXED:
+        return _FIXED[kind], {}
+    raise FormatError(f"unknown change type {kind!r}")
+
+
+def validate_change(change: Mapping[str, object]) -> None:
+    """Check one change map against the field set of its type (§4).
+
+    Raises:
+        FormatError: an unknown type, a missing, unknown or ill-typed field.
+    """
+    required, optional = _expected_fields(change)
+    kind = change["t"]
+    for key, value in change.items():
+        if key == "t":
+            continue
+        check = required.get(key) or optional.get(key)
+        if check is None:
+            raise FormatError(f"{kind}: unexpected field {key!r}")
+        if not check(value):
+            raise FormatError(f"{kind}: invalid {key} {value!r:.80}")
+    for key in required:
+        if key not in change:
+            raise FormatError(f"{kind}: missing field {key!r}")
+
+
+# --- scanning a file (§6.4) -------------------------------------------------------------
+
+
+class Verdict(enum.Enum):
+    TORN_TAIL = "torn tail"
+    TORN_CREATION = "torn creation"
+    CORRUPT = "corruption"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    offset: int
+    end: int
+    changes: list[Change]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """The first bad header or record of a file and the facts §6.4 decides on.
+
+    `offset` is where the bad header (0) or record starts; `torn_like` says whether the
+    bytes look like an interrupted write: EOF inside it, all zero from it to EOF, or (last
+    record ending at EOF with a CRC mismatch) an all-zero 512-byte-aligned block in it.
+    """
+
+    offset: int
+    reason: str
+    torn_like: bool
+    in_header: bool
+
+    def verdict(self, *, tail: bool, newest: bool, records: int) -> Verdict:
+        """§6.4: `tail` = the newest log holding a change besides `meta`; `newest` = the
+        newest file; `records` = whole records before the problem."""
+        if newest and self.torn_like and (self.in_header or records == 0):
+            return Verdict.TORN_CREATION
+        if tail and self.torn_like and not self.in_header and records > 0:
+            return Verdict.TORN_TAIL
+        return Verdict.CORRUPT
+
+
+@dataclass(frozen=True, slots=True)
+class FileScan:
+    name: str
+    size: int
+    header: FileHeader | None
+    records: list[Record]
+    problem: Problem | None
+
+    @property
+    def good_end(self) -> int:
+        """Where the whole records end (the truncation point of a torn tail)."""
+        if self.records:
+            return self.records[-1].end
+        return HEADER_SIZE if self.header is not None else 0
+
+
+def _zero_from(data: bytes, offset: int) -> bool:
+    return data.count(0, offset) == len(data) - offset
+
+
+def _has_zero_block(data: bytes, start: int, end: int) -> bool:
+    block = -(-start // BLOCK) * BLOCK
+    while block + BLOCK <= end:
+        if data[block : block + BLOCK] == _ZERO_BLOCK:
+            return True
+        block += BLOCK
+    return False
+
+
+def scan(name: str, data: bytes) -> FileScan:
+    """Walk a log or snapshot file: its header, whole records, and the first problem.
+
+    `name` must be a log or snapshot name (`parse_name`); the header must match it. A file
+    without any record has a problem at offset 32 ("no meta record").
+    """
+    parsed = parse_name(name)
+    if parsed is None:
+        raise ValueError(f"{name!r} is not a log or snapshot name")
+    kind, seq = parsed
+    try:
+        header = decode_header(data)
+        if header.kind != kind or header.seq != seq:
+            raise FormatError(
+                f"file header says kind {header.kind} sequence {header.seq}, "
+                f"the name says kind {kind} sequence {seq}"
+            )
+    except FormatError as exc:
+        last_nonzero = len(data.rstrip(b"\0"))
+        problem = Problem(0, str(exc), last_nonzero < HEADER_SIZE, in_header=True)
+        return FileScan(name, len(data), None, [], problem)
+    records: list[Record] = []
+    offset = HEADER_SIZE
+    while offset < len(data):
+        item = _read_record(data, offset)
+        if isinstance(item, Problem):
+            return FileScan(name, len(data), header, records, item)
+        records.append(item)
+        offset = item.end
+    if not records:
+        problem = Problem(offset, "no meta record", torn_like=True, in_header=False)
+        return FileScan(name, len(data), header, records, problem)
+    return FileScan(name, len(data), header, records, None)
+
+
+def _read_record(data: bytes, offset: int) -> Record | Problem:
+    """The record at `offset`, or why it is bad."""
+    size = len(data)
+    remaining = size - offset
+    if remaining < RECORD_HEADER_SIZE:
+        return Problem(offset, f"incomplete record header ({remaining} bytes)", True, False)
+    length, crc = _RECORD_HEAD.unpack_from(data, offset)
+    zero = _zero_from(data, offset)
+    if not 1 <= length <= MAX_PAYLOAD:
+        return Problem(offset, f"invalid record length {length}", zero, False)
+    end = offset + RECORD_HEADER_SIZE + length
+    if end > size:
+        reason = f"record of {length} bytes runs past the end of the file ({remaining} bytes left)"
+        return Problem(offset, reason, True, False)
+    payload = data[offset + RECORD_HEADER_SIZE : end]
+    if crc != zlib.crc32(payload, zlib.crc32(data[offset : offset + 4])):
+        torn = zero or (end == size and _has_zero_block(data, offset, end))
+        return Problem(offset, "record CRC mismatch", torn, False)
+    try:
+        changes = decode_payload(payload)
+    except FormatError as exc:
+        return Problem(offset, f"invalid record: {exc}", zero, False)
+    return Record(offset, end, changes)
