@@ -35,7 +35,7 @@ from tests.store.builders import bury, delete, log_bytes, meta, parent, put
 
 def test_format_module_is_sans_io() -> None:
     tree = ast.parse(Path(fmt.__file__).read_text())
-    roots = set()
+    roots: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             roots.update(alias.name.split(".")[0] for alias in node.names)
