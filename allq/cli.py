@@ -124,6 +124,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
     from allq.gateway.health import HealthPolicy
+    from allq.gateway.line import socket_setting
     from allq.gateway.links import LinkSettings
     from allq.gateway.process import (
         GatewayProcessConfig,
@@ -149,6 +150,10 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
             log_level=values["log_level"],
             log_json=values["log_json"],
             health=HealthPolicy(fail_after=values["fail_after"]),
+            # the line protocol (allq.gateway.line): 0 / "off" turn an endpoint off
+            line_port=values["line_port"],
+            socket_path=socket_setting(values["socket"]),
+            line_max_connections=values["line_max_connections"],
             links=LinkSettings(
                 probe_interval_s=values["probe_interval"],
                 probe_timeout_s=values["probe_timeout"],
@@ -165,6 +170,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from allq.gateway.line import socket_setting
     from allq.up import UpConfig, run_up
 
     try:
@@ -176,6 +182,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
             data_dir=values["data_dir"],
             memory=values["memory"],
             api_token=values["api_token"],
+            line_port=values["line_port"],
+            socket_path=socket_setting(values["socket"]),
         )
     except ConfigError as exc:
         print(f"allq up: {exc}", file=sys.stderr)

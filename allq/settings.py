@@ -73,6 +73,34 @@ _LOGGING = [
     ("log_json", "bool", False, "one JSON object per log line"),
 ]
 
+#: The `socket` setting's value that turns the unix socket off.
+SOCKET_OFF = "off"
+
+
+def _line_settings(section: str) -> tuple[Setting, ...]:
+    """The line protocol's endpoints (allq.gateway.line); 0 / `off` turn one off."""
+    return (
+        _s(
+            section,
+            "line_port",
+            "int",
+            7766,
+            "line protocol TCP port, always on 127.0.0.1 (0: off)",
+            low=0,
+            high=65535,
+            legacy=("TCP_CLIENT_PORT",) if section == "gateway" else (),
+        ),
+        _s(
+            section,
+            "socket",
+            "path",
+            None,
+            "line protocol unix socket (default $XDG_RUNTIME_DIR/allq.sock, else "
+            "/tmp/allq-<uid>.sock; off: none)",
+        ),
+    )
+
+
 SETTINGS: tuple[Setting, ...] = (
     # -- allq server ------------------------------------------------------------------------
     _s("server", "host", "str", "127.0.0.1", "address to listen on"),
@@ -217,6 +245,17 @@ SETTINGS: tuple[Setting, ...] = (
         high=65535,
         legacy=("HTTP_SERVER_PORT",),
     ),
+    # the line protocol (api.md §4; allq.gateway.line)
+    *_line_settings("gateway"),
+    _s(
+        "gateway",
+        "line_max_connections",
+        "int",
+        1024,
+        "line protocol connections (more get OVERLOADED)",
+        low=1,
+        high=1_000_000,
+    ),
     _s(
         "gateway", "servers", "servers", (), "queue servers, host:port,…", legacy=("SERVER_STRING",)
     ),
@@ -286,6 +325,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("up", "servers", "int", 2, "embedded queue servers", low=1, high=16),
     _s("up", "host", "str", "127.0.0.1", "REST address"),
     _s("up", "port", "int", 8090, "REST port (0: any free port)", low=0, high=65535),
+    *_line_settings("up"),
     _s("up", "data_dir", "path", ".allq", "keys (and, later, data) directory"),
     _s("up", "memory", "bool", False, "keep jobs in memory only"),
     _s("up", "api_token", "str", None, "require Authorization: Bearer TOKEN"),

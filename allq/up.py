@@ -49,12 +49,17 @@ class UpConfig:
     memory: bool = False
     api_token: str | None = None
     graceful_s: float = 5.0
+    #: The gateway's line protocol (allq.gateway.line): 0 / None turn an endpoint off.
+    line_port: int = 0
+    socket_path: Path | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.servers <= 16:
             raise ConfigError(f"setting servers = {self.servers!r}: must be 1 … 16")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"setting port = {self.port!r}: must be 0 … 65535")
+        if not 0 <= self.line_port <= 65535:
+            raise ConfigError(f"setting line_port = {self.line_port!r}: must be 0 … 65535")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +178,8 @@ async def _start_all(
         port=config.port,
         api_token=config.api_token,
         graceful_s=config.graceful_s,
+        line_port=config.line_port,
+        socket_path=config.socket_path,
     )
 
     async def gateway_task(task_status: trio.TaskStatus[tuple[str, int]]) -> None:  # noqa: ASYNC128

@@ -29,6 +29,7 @@ def children(pid: int) -> list[int]:
 
 def start_up(tmp_path: Path, out: Path, err: Path) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "allq", "up", "--port", "0"]
+    command += ["--line-port", "0", "--socket", "off"]  # no fixed line port / socket in tests
     with out.open("w") as stdout, err.open("w") as stderr:
         return subprocess.Popen(
             [*command, "--data-dir", str(tmp_path / "data")], stdout=stdout, stderr=stderr

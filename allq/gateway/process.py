@@ -6,7 +6,8 @@ Task tree (design.md §2.2):
     └─ root nursery
        ├─ signal watcher        SIGINT/SIGTERM: graceful stop; a second one: stop now
        ├─ open_gateway          one link task per queue server (connect, probe, failover)
-       └─ serve_rest            hypercorn.trio.serve(app, ...) with shutdown_trigger
+       ├─ serve_rest            hypercorn.trio.serve(app, ...) with shutdown_trigger
+       └─ serve_line            the line protocol (allq.gateway.line), when configured
 
 The core runs beside Hypercorn, not inside the app's lifespan, so a crashing core crashes
 the process and the app can be tested without lifespan (design.md §2.2, pitfall 17).
@@ -21,6 +22,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -29,6 +31,9 @@ from allq.gateway.cluster import GatewayConfig, ServerSpec, open_gateway, wait_u
 from allq.gateway.health import HealthPolicy
 from allq.gateway.links import LinkSettings, ServerAddress
 from allq.wire.keyfiles import KeyFileError, load_public_key, load_secret_key
+
+if TYPE_CHECKING:
+    from allq.gateway.line import LineConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +60,18 @@ class GatewayProcessConfig:
     log_json: bool = False
     health: HealthPolicy = field(default_factory=HealthPolicy)
     links: LinkSettings = field(default_factory=LinkSettings)
+    # -- the line protocol (api.md §4): `line_port` 0 and `socket_path` None turn it off
+    line_port: int = 0
+    socket_path: Path | None = None
+    line_max_connections: int = 1024
 
     def __post_init__(self) -> None:
+        if not 0 <= self.line_port <= 65535:
+            raise ConfigError(f"setting line_port = {self.line_port!r}: must be 0 … 65535")
+        if self.line_max_connections < 1:
+            raise ConfigError(
+                f"setting line_max_connections = {self.line_max_connections!r}: must be ≥ 1"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"setting port = {self.port!r}: must be 0 … 65535")
         if not 1 <= self.workers <= 64:
@@ -111,10 +126,30 @@ def core_config(config: GatewayProcessConfig) -> GatewayConfig:
     )
 
 
+def line_config(
+    config: GatewayProcessConfig, sockets: tuple[socket.socket, ...] = ()
+) -> LineConfig | None:
+    """The line protocol's configuration, or None when it is off."""
+    from allq.gateway.line import LineConfig
+
+    line = LineConfig(
+        tcp_port=config.line_port or None,
+        socket_path=config.socket_path,
+        max_connections=config.line_max_connections,
+        max_line_bytes=config.max_body_bytes,
+        max_inflight=config.max_inflight,
+        max_waiting=config.max_waiting,
+        long_poll_cap_s=config.long_poll_cap_s,
+        sockets=sockets,
+    )
+    return line if line.enabled else None
+
+
 async def run_gateway(
     config: GatewayProcessConfig,
     *,
     sock: socket.socket | None = None,
+    line_sockets: tuple[socket.socket, ...] = (),
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     wait_for_servers: int = 0,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
@@ -125,6 +160,7 @@ async def run_gateway(
     listening `sock` and the parent's `shutdown_trigger`.
     """
     from allq.gateway.app import create_app
+    from allq.gateway.line import serve_line
     from allq.gateway.serve import serve_rest
 
     core = core_config(config)
@@ -160,6 +196,23 @@ async def run_gateway(
                     served.set()
 
             host, port = await root.start(rest)
+            line = line_config(config, line_sockets)
+            line_scope, line_done = trio.CancelScope(), trio.Event()
+
+            async def line_task(task_status: trio.TaskStatus[list[str]]) -> None:  # noqa: ASYNC128
+                assert line is not None
+                try:
+                    with line_scope:
+                        await serve_line(
+                            gateway, line, shutdown_trigger=stop.wait, task_status=task_status
+                        )
+                finally:
+                    line_done.set()
+
+            if line is not None:
+                await root.start(line_task)
+            else:
+                line_done.set()
             if wait_for_servers:  # embedded use: report started once the servers are routable
                 with trio.move_on_after(config.links.request_timeout_s):
                     await wait_until_ready(gateway, servers=wait_for_servers)
@@ -169,6 +222,9 @@ async def run_gateway(
             # Hypercorn drains within the graceful timeout; then the core closes.
             with trio.move_on_after(config.graceful_s + 1):
                 await served.wait()
+                await line_done.wait()  # busy line connections finish their request
+            line_scope.cancel()  # the core closes next: nothing may still use it
+            await line_done.wait()
         root.cancel_scope.cancel()
     log.info("allq gateway stopped")
 
@@ -180,28 +236,43 @@ async def _set_after(trigger: Callable[[], Awaitable[None]], stop: trio.Event) -
 
 async def gateway_worker(
     config: GatewayProcessConfig,
+    line_sockets: tuple[socket.socket, ...],
     sock: socket.socket,
     shutdown_trigger: Callable[[], Awaitable[None]],
 ) -> None:
-    """The body of one `--workers N` process (module level: it is pickled)."""
+    """The body of one `--workers N` process (module level: it is pickled).
+
+    `line_sockets`: the line protocol's listening sockets, bound once by the parent and
+    shared by every worker like the REST socket."""
     from allq.log import configure_logging
 
     configure_logging(config.log_level, json_lines=config.log_json)  # spawned: fresh logging
-    await run_gateway(config, sock=sock, shutdown_trigger=shutdown_trigger)
+    await run_gateway(
+        config, sock=sock, line_sockets=line_sockets, shutdown_trigger=shutdown_trigger
+    )
 
 
 def run_gateway_workers(config: GatewayProcessConfig) -> int:
     """`allq gateway --workers N`: N processes, each with its own core, on one socket."""
+    from allq.gateway.line import open_line_sockets
     from allq.gateway.serve import run_workers
 
     core_config(config)  # fail here, once, with the file named
-    return run_workers(
-        config.workers,
-        functools.partial(gateway_worker, config),
-        host=config.host,
-        port=config.port,
-        stop_timeout_s=config.graceful_s + 5,
-    )
+    line = line_config(config)
+    line_sockets = open_line_sockets(line) if line is not None else []
+    try:
+        return run_workers(
+            config.workers,
+            functools.partial(gateway_worker, config, tuple(line_sockets)),
+            host=config.host,
+            port=config.port,
+            stop_timeout_s=config.graceful_s + 5,
+        )
+    finally:
+        for line_sock in line_sockets:
+            line_sock.close()
+        if line is not None and line.socket_path is not None:
+            line.socket_path.unlink(missing_ok=True)
 
 
 async def _watch_signals(stop: trio.Event, root: trio.CancelScope) -> None:

@@ -64,5 +64,6 @@ def server_args(keys: Path, name: str, port: int = 0) -> list[str]:
 def gateway_args(keys: Path, servers: list[str], *extra: str) -> list[str]:
     return [
         "gateway", "--port", "0", "--servers", ",".join(servers),
-        "--key", str(keys / "client-1.key"), "--server-key", str(keys / "server.pub"), *extra,
+        "--key", str(keys / "client-1.key"), "--server-key", str(keys / "server.pub"),
+        "--line-port", "0", "--socket", "off", *extra,  # no fixed line port / socket in tests
     ]  # fmt: skip
