@@ -212,7 +212,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     from rich.console import Console, RenderableType
     from rich.text import Text
 
-    from allq.stats_view import render_stats, watch_stats
+    from allq.stats_view import StatsWatch, render_stats, watch_stats
 
     if args.interval <= 0:
         raise UsageError("--interval must be > 0")
@@ -225,9 +225,11 @@ def _cmd_stats(args: argparse.Namespace) -> int:
             console.print(render_stats(client.stats(), client.servers()))
             return EXIT_OK
 
+        watch = StatsWatch(client, errors=(ApiError,))
+
         def fetch() -> RenderableType:
             try:
-                return render_stats(client.stats(), client.servers())
+                return watch.render()
             except (ApiError, TransportError) as exc:
                 return Text(f"{gateway_url(args)}: {exc}", style="red")
 
