@@ -359,6 +359,8 @@ class Problem:
     `offset` is where the bad header (0) or record starts; `torn_like` says whether the
     bytes look like an interrupted write: EOF inside it, all zero from it to EOF, or (last
     record ending at EOF with a CRC mismatch) an all-zero 512-byte-aligned block in it.
+    A record running past EOF whose length is one bit away from one its CRC matches is a
+    damaged length, not a torn write (so a flipped length bit is never silently dropped).
     """
 
     offset: int
@@ -403,6 +405,22 @@ def _has_zero_block(data: bytes, start: int, end: int) -> bool:
             return True
         block += BLOCK
     return False
+
+
+def _one_bit_length(data: bytes, offset: int, length: int, crc: int) -> int | None:
+    """A length one bit away from `length` whose record fits the file and matches `crc`.
+
+    EOF inside a record is a torn write, unless the length itself was hit by a bit flip;
+    then the record's bytes are all there and the CRC matches the original length.
+    """
+    for bit in range(32):
+        candidate = length ^ (1 << bit)
+        end = offset + RECORD_HEADER_SIZE + candidate
+        if 1 <= candidate <= MAX_PAYLOAD and end <= len(data):
+            head = _U32.pack(candidate)
+            if zlib.crc32(data[offset + RECORD_HEADER_SIZE : end], zlib.crc32(head)) == crc:
+                return candidate
+    return None
 
 
 def scan(name: str, data: bytes) -> FileScan:
@@ -453,7 +471,10 @@ def _read_record(data: bytes, offset: int) -> Record | Problem:
     end = offset + RECORD_HEADER_SIZE + length
     if end > size:
         reason = f"record of {length} bytes runs past the end of the file ({remaining} bytes left)"
-        return Problem(offset, reason, True, False)
+        fixed = _one_bit_length(data, offset, length, crc)
+        if fixed is not None:
+            reason += f"; its CRC matches length {fixed}: the length is damaged"
+        return Problem(offset, reason, fixed is None, False)
     payload = data[offset + RECORD_HEADER_SIZE : end]
     if crc != zlib.crc32(payload, zlib.crc32(data[offset : offset + 4])):
         torn = zero or (end == size and _has_zero_block(data, offset, end))

@@ -310,3 +310,15 @@ def test_verdicts(
     problem: Problem, tail: bool, newest: bool, records: int, verdict: Verdict
 ) -> None:
     assert problem.verdict(tail=tail, newest=newest, records=records) is verdict
+
+
+def test_scan_flipped_length_bit_is_not_torn_like() -> None:
+    last = scan(log_name(1), GOOD).records[-2].offset
+    for bit in range(8, 24):
+        byte, mask = last + 3 - bit // 8, 1 << (bit % 8)
+        data = GOOD[:byte] + bytes([GOOD[byte] ^ mask]) + GOOD[byte + 1 :]
+        problem = _problem(data)
+        assert problem.offset == last
+        if "runs past" in problem.reason:
+            assert "the length is damaged" in problem.reason
+            assert not problem.torn_like

@@ -1,0 +1,421 @@
+"""Recovery (persistence.md §6.1, §6.2, §6.4, §6.5): from the files to the changes to apply.
+
+Charter: blocking code over a `Storage` (the server runs it before its listener opens, in a
+worker thread if it likes). `recover` takes the lock, deletes `*.tmp`, picks the newest
+snapshot, walks the snapshot and the log chain after it, and returns the ordered changes the
+engine applies literally, with what the writer needs to open the next segment. It never runs
+queue logic: it only tracks which job ids are live, to skip orphan changes (§6.2) and to
+catch a duplicate `put`.
+
+Verdicts (§6.4): a torn tail in the tail segment is truncated (WARNING `torn tail in FILE at
+OFFSET: dropped N bytes`); a torn creation of the newest file is deleted (WARNING); anything
+else is corruption: `RecoveryError` naming the file, the offset, the reason and what
+`--repair` would drop. With `repair=True` the bytes from the bad record to the end of the
+file go to `quarantine/FILE.OFFSET` (fsynced), the file is cut there, and recovery goes on
+tolerating chain breaks and orphans; `Recovered.repaired` then asks for a compaction.
+
+Files are changed only after the whole walk succeeded (truncations, deletions), except the
+quarantines of a repair and the `*.tmp` deletion of step 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Final
+
+from allq.store.format import (
+    HEADER_SIZE,
+    KIND_LOG,
+    KIND_SNAPSHOT,
+    TMP_SUFFIX,
+    Change,
+    FileScan,
+    Record,
+    Verdict,
+    parse_name,
+    scan,
+)
+from allq.store.storage import LOCK_NAME, Storage
+
+log = logging.getLogger("allq.store")
+
+QUARANTINE: Final = "quarantine"
+SNAPSHOT_TYPES: Final = frozenset({"meta", "tube", "put", "idem", "end"})
+JOB_CHANGES: Final = frozenset({"state", "delete", "count"})
+REPAIR_CONSEQUENCES: Final = "jobs put in that range are lost, jobs deleted in it may come back"
+
+
+class RecoveryError(Exception):
+    """Recovery refuses to start; the message is meant for the operator as it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class Corruption:
+    """A corruption verdict: where, why, and what `--repair` drops."""
+
+    name: str
+    offset: int
+    reason: str
+    drop_bytes: int
+
+
+@dataclass(slots=True)
+class Recovered:
+    """What recovery found, for the engine and the writer.
+
+    `changes` holds, in file order, every change to apply except `meta` and `end`, orphan
+    changes removed. `seqs` is the maximum over all `meta.seqs`. Open the next log with
+    `first_seq=next_seq, prev=prev`.
+    """
+
+    changes: list[Change] = field(default_factory=list)
+    server_id: str | None = None
+    seqs: dict[str, int] = field(default_factory=dict)
+    snapshot: int = 0
+    next_seq: int = 1
+    prev: int = 0
+    files: int = 0
+    records: int = 0
+    bytes_read: int = 0
+    log_bytes: int = 0
+    segments: int = 0
+    torn_bytes_dropped: int = 0
+    orphan_changes: int = 0
+    quarantined: list[tuple[str, int, int]] = field(default_factory=list)
+    repaired: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def _meta_end(item: FileScan) -> int:
+    return item.records[0].end if item.records else HEADER_SIZE
+
+
+class _Recovery:
+    def __init__(self, storage: Storage, server_id: str | None, repair: bool) -> None:
+        self.storage = storage
+        self.expected_server_id = server_id
+        self.repair = repair
+        self.out = Recovered(server_id=server_id)
+        self.live: dict[str, str] = {}  # job id -> tube
+        self.tubes: dict[str, set[str]] = {}  # tube -> live job ids
+        self.truncations: list[tuple[str, int, int]] = []  # name, offset, dropped
+        self.deletions: list[str] = []
+
+    # --- messages -------------------------------------------------------------------
+
+    def warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.out.warnings.append(message)
+
+    def corrupt(self, problem: Corruption) -> None:
+        """Refuse, or under repair quarantine the bad range and cut the file."""
+        where = self.storage.describe(problem.name)
+        if not self.repair:
+            if problem.drop_bytes:
+                effect = (
+                    f"move the {problem.drop_bytes} bytes from offset {problem.offset} to the "
+                    f"end of the file into {self.storage.describe(QUARANTINE)}/ and drop the "
+                    f"changes they hold ({REPAIR_CONSEQUENCES})"
+                )
+            else:
+                effect = f"go on without it ({REPAIR_CONSEQUENCES})"
+            raise RecoveryError(
+                f"corruption in {where} at offset {problem.offset}: {problem.reason}; "
+                f"refusing to start. --repair would {effect}"
+            )
+        self.out.repaired = True
+        if problem.drop_bytes == 0:
+            log.error("repair: %s at offset %d: %s", where, problem.offset, problem.reason)
+            return
+        data = self.storage.read(problem.name)
+        target = self._quarantine(problem.name, problem.offset, data[problem.offset :])
+        if problem.offset <= HEADER_SIZE:  # no meta would remain
+            self.storage.unlink(problem.name)
+            self.storage.sync_dir()
+        else:
+            self._truncate(problem.name, problem.offset)
+        self.out.quarantined.append((problem.name, problem.offset, problem.drop_bytes))
+        log.error(
+            "repair: %s at offset %d: %s; quarantined %d bytes in %s",
+            where,
+            problem.offset,
+            problem.reason,
+            problem.drop_bytes,
+            self.storage.describe(target),
+        )
+
+    def _quarantine(self, name: str, offset: int, data: bytes) -> str:
+        storage = self.storage
+        target = f"{QUARANTINE}/{name}.{offset}"
+        suffix = 0
+        while True:
+            try:
+                handle = storage.create(target if suffix == 0 else f"{target}.{suffix}")
+                break
+            except FileExistsError:
+                suffix += 1
+        target = target if suffix == 0 else f"{target}.{suffix}"
+        try:
+            done = 0
+            while done < len(data):
+                count = storage.write(handle, data[done:])
+                if count <= 0:
+                    raise OSError(f"write to {storage.describe(target)} made no progress")
+                done += count
+            storage.fdatasync(handle)
+        finally:
+            storage.close(handle)
+        storage.sync_dir(QUARANTINE)
+        storage.sync_dir()
+        return target
+
+    def _truncate(self, name: str, size: int) -> None:
+        handle = self.storage.open_append(name)
+        try:
+            self.storage.truncate(handle, size)
+            self.storage.fdatasync(handle)
+        finally:
+            self.storage.close(handle)
+
+    # --- the procedure --------------------------------------------------------------
+
+    def run(self) -> Recovered:
+        storage = self.storage
+        storage.lock()
+        logs: dict[int, str] = {}
+        snaps: dict[int, str] = {}
+        removed_tmp = False
+        for name in storage.list():
+            if name.endswith(TMP_SUFFIX):
+                storage.unlink(name)
+                removed_tmp = True
+                continue
+            parsed = parse_name(name)
+            if parsed is None:
+                if name not in (LOCK_NAME, QUARANTINE):
+                    self.warn(f"ignoring unknown file {storage.describe(name)}")
+                continue
+            kind, seq = parsed
+            (logs if kind == KIND_LOG else snaps)[seq] = name
+        if removed_tmp:
+            storage.sync_dir()
+        all_seqs = [*logs, *snaps]
+        self.out.next_seq = max(all_seqs, default=0) + 1
+        snap_seq = max(snaps, default=0)
+        self.out.snapshot = snap_seq
+        leftovers = [snaps[s] for s in snaps if s < snap_seq]
+        leftovers += [logs[s] for s in logs if s <= snap_seq]
+        chain = [logs[s] for s in sorted(logs) if s > snap_seq]
+        cached, tail = self._find_tail(chain)
+
+        if snap_seq:
+            self._replay(snaps[snap_seq], None, KIND_SNAPSHOT, expected_prev=0, tail=None)
+        prev = snap_seq
+        for name in chain:
+            if name in self.deletions:
+                continue
+            prev = self._replay(name, cached.pop(name, None), KIND_LOG, prev, tail)
+
+        # Every check passed: now change the files.
+        for name, offset, dropped in self.truncations:
+            self._truncate(name, offset)
+            self.warn(f"torn tail in {storage.describe(name)} at {offset}: dropped {dropped} bytes")
+            self.out.torn_bytes_dropped += dropped
+        for name in self.deletions:
+            storage.unlink(name)
+        for name in leftovers:
+            storage.unlink(name)
+        if self.deletions or leftovers:
+            storage.sync_dir()
+        if self.out.orphan_changes:
+            self.warn(f"recovery skipped {self.out.orphan_changes} orphan changes")
+        self.out.prev = prev
+        self._count_remaining()
+        return self.out
+
+    def _count_remaining(self) -> None:
+        for name in self.storage.list():
+            parsed = parse_name(name)
+            if parsed is not None:
+                self.out.log_bytes += len(self.storage.read(name))
+                self.out.segments += parsed[0] == KIND_LOG
+
+    def _read(self, name: str) -> FileScan:
+        data = self.storage.read(name)
+        self.out.bytes_read += len(data)
+        self.out.files += 1
+        return scan(name, data)
+
+    def _find_tail(self, chain: list[str]) -> tuple[dict[str, FileScan], str | None]:
+        """Scan from the newest log down: drop a torn creation, find the tail segment (the
+        newest log holding any change besides `meta`)."""
+        cached: dict[str, FileScan] = {}
+        for index, name in enumerate(reversed(chain)):
+            item = self._read(name)
+            cached[name] = item
+            problem = item.problem
+            if index == 0 and problem is not None:
+                verdict = problem.verdict(tail=False, newest=True, records=len(item.records))
+                if verdict is Verdict.TORN_CREATION:
+                    self.deletions.append(name)
+                    self.warn(
+                        f"torn creation of {self.storage.describe(name)} "
+                        f"({item.size} bytes): deleted"
+                    )
+                    continue
+            if problem is not None or item.size > _meta_end(item):
+                return cached, name
+        return cached, None
+
+    def _replay(
+        self,
+        name: str,
+        item: FileScan | None,
+        kind: int,
+        expected_prev: int,
+        tail: str | None,
+    ) -> int:
+        """Replay one file; returns the sequence number the next log must name as `prev`.
+
+        A torn creation of the newest file was handled by `_find_tail`, so only a torn
+        tail (in `tail`) is not corruption here.
+        """
+        if item is None:
+            item = self._read(name)
+        parsed = parse_name(name)
+        assert parsed is not None
+        next_prev = parsed[1] if kind == KIND_LOG else expected_prev
+        records = item.records
+        problem = item.problem
+        if problem is not None:
+            verdict = problem.verdict(tail=name == tail, newest=False, records=len(records))
+            if verdict is Verdict.TORN_TAIL:
+                self.truncations.append((name, problem.offset, item.size - problem.offset))
+            else:
+                self.corrupt(
+                    Corruption(name, problem.offset, problem.reason, item.size - problem.offset)
+                )
+        changes_seen = 0
+        ended = False
+        for index, record in enumerate(records):
+            reason = self._record_problem(record, index, kind, ended)
+            if reason is not None:
+                self.corrupt(Corruption(name, record.offset, reason, item.size - record.offset))
+                return next_prev
+            if index == 0:
+                self._check_meta(name, record.changes[0], kind, expected_prev)
+            for change in record.changes:
+                t = change["t"]
+                if t == "end":
+                    ended = True
+                    if change["changes"] != changes_seen:
+                        self.corrupt(
+                            Corruption(
+                                name,
+                                record.offset,
+                                f"end counts {change['changes']} changes, the file holds "
+                                f"{changes_seen}",
+                                item.size - record.offset,
+                            )
+                        )
+                        return next_prev
+                    continue
+                changes_seen += 1
+                if t != "meta":
+                    self._apply(change)
+            self.out.records += 1
+        if kind == KIND_SNAPSHOT and not ended:
+            self.corrupt(Corruption(name, item.size, "snapshot without a matching end change", 0))
+        return next_prev
+
+    def _record_problem(self, record: Record, index: int, kind: int, ended: bool) -> str | None:
+        """Why a whole, CRC-valid record cannot be applied (None if it can)."""
+        new_ids: set[str] = set()
+        for position, change in enumerate(record.changes):
+            t = change["t"]
+            if ended:
+                return "change after the snapshot's end"
+            if (t == "meta") != (index == 0 and position == 0):
+                return "meta change not first in the file" if t == "meta" else "no meta change"
+            if kind == KIND_SNAPSHOT and t not in SNAPSHOT_TYPES:
+                return f"{t} change in a snapshot"
+            if kind == KIND_LOG and t == "end":
+                return "end change in a log segment"
+            if t == "end":
+                ended = True
+            if t == "put":
+                job_id = change["id"]
+                assert isinstance(job_id, str)
+                if job_id in self.live or job_id in new_ids:
+                    return f"duplicate put of job {job_id}"
+                new_ids.add(job_id)
+        return None
+
+    def _check_meta(self, name: str, meta: Change, kind: int, expected_prev: int) -> None:
+        server_id = meta["server_id"]
+        assert isinstance(server_id, str)
+        where = self.storage.describe(name)
+        if self.out.server_id is None:
+            self.out.server_id = server_id
+        elif server_id != self.out.server_id:
+            if self.expected_server_id is not None:
+                raise RecoveryError(
+                    f"{where} was written by server_id {server_id!r}, this server is "
+                    f"{self.expected_server_id!r}: refusing to start on another server's "
+                    "data directory (--repair does not change this)"
+                )
+            raise RecoveryError(
+                f"{where} was written by server_id {server_id!r}, earlier files by "
+                f"{self.out.server_id!r}: refusing to start (--repair does not change this)"
+            )
+        seqs = meta["seqs"]
+        assert isinstance(seqs, dict)
+        for key, value in seqs.items():
+            self.out.seqs[key] = max(value, self.out.seqs.get(key, 0))
+        prev = meta["prev"]
+        if prev != expected_prev:
+            what = "snapshot" if kind == KIND_SNAPSHOT else "log segment"
+            self.corrupt(
+                Corruption(
+                    name,
+                    HEADER_SIZE,
+                    f"broken chain: this {what} follows segment {prev}, expected {expected_prev}"
+                    " (a file is missing)",
+                    0,
+                )
+            )
+
+    def _apply(self, change: Change) -> None:
+        t = change["t"]
+        if t in JOB_CHANGES:
+            job_id = str(change["id"])
+            owner = self.live.get(job_id)
+            if owner is None:
+                self.out.orphan_changes += 1
+                return
+            if t == "delete":
+                del self.live[job_id]
+                self.tubes[owner].discard(job_id)
+        elif t == "put":
+            job_id, tube = str(change["id"]), str(change["tube"])
+            self.live[job_id] = tube
+            self.tubes.setdefault(tube, set()).add(job_id)
+        elif t == "clear":
+            for job_id in self.tubes.pop(str(change["tube"]), set()):
+                del self.live[job_id]
+        self.out.changes.append(change)
+
+
+def recover(storage: Storage, *, server_id: str | None = None, repair: bool = False) -> Recovered:
+    """Run the recovery procedure of persistence.md §6.1 on `storage`.
+
+    Takes the storage's lock and keeps it. `server_id` is this server's; None adopts the
+    directory's (every file must still agree).
+
+    Raises:
+        DirectoryInUse: another server holds the lock.
+        RecoveryError: corruption (without `repair`), or another server's directory.
+        OSError: the storage failed.
+    """
+    return _Recovery(storage, server_id, repair).run()
