@@ -358,7 +358,8 @@ class Problem:
 
     `offset` is where the bad header (0) or record starts; `torn_like` says whether the
     bytes look like an interrupted write: EOF inside it, all zero from it to EOF, or (last
-    record ending at EOF with a CRC mismatch) an all-zero 512-byte-aligned block in it.
+    record ending at EOF with a CRC mismatch) an all-zero 512-byte-aligned block in it, or
+    (a bad length or CRC) zeros from a 512-byte boundary inside it to EOF.
     A record running past EOF whose length is one bit away from one its CRC matches is a
     damaged length, not a torn write (so a flipped length bit is never silently dropped).
     """
@@ -405,6 +406,17 @@ def _has_zero_block(data: bytes, start: int, end: int) -> bool:
             return True
         block += BLOCK
     return False
+
+
+def _zeros_from_block_inside(data: bytes, start: int, end: int) -> bool:
+    """Whether every byte from some 512-byte boundary inside [start, end) to EOF is zero.
+
+    Our extension of §6.4's zero-block rule: a power loss leaves the blocks the kernel had
+    not written as zeros up to EOF, and such a run may start inside a record that is not
+    the last one, or cover only a final block that EOF cuts short.
+    """
+    boundary = -(-len(data.rstrip(b"\0")) // BLOCK) * BLOCK
+    return start < boundary < end
 
 
 def _one_bit_length(data: bytes, offset: int, length: int, crc: int) -> int | None:
@@ -467,7 +479,8 @@ def _read_record(data: bytes, offset: int) -> Record | Problem:
     length, crc = _RECORD_HEAD.unpack_from(data, offset)
     zero = _zero_from(data, offset)
     if not 1 <= length <= MAX_PAYLOAD:
-        return Problem(offset, f"invalid record length {length}", zero, False)
+        torn = zero or _zeros_from_block_inside(data, offset, offset + RECORD_HEADER_SIZE)
+        return Problem(offset, f"invalid record length {length}", torn, False)
     end = offset + RECORD_HEADER_SIZE + length
     if end > size:
         reason = f"record of {length} bytes runs past the end of the file ({remaining} bytes left)"
@@ -477,7 +490,11 @@ def _read_record(data: bytes, offset: int) -> Record | Problem:
         return Problem(offset, reason, fixed is None, False)
     payload = data[offset + RECORD_HEADER_SIZE : end]
     if crc != zlib.crc32(payload, zlib.crc32(data[offset : offset + 4])):
-        torn = zero or (end == size and _has_zero_block(data, offset, end))
+        torn = (
+            zero
+            or (end == size and _has_zero_block(data, offset, end))
+            or _zeros_from_block_inside(data, offset, end)
+        )
         return Problem(offset, "record CRC mismatch", torn, False)
     try:
         changes = decode_payload(payload)

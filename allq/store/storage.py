@@ -277,7 +277,8 @@ class MemoryStorage:
         """A new storage holding what a power failure now would leave; self is unchanged.
 
         Per file: the synced bytes, then a random-length prefix of the unsynced ones; with
-        `zero_fill`, a random part at the end of that prefix reads back as zeros. A file
+        `zero_fill`, that prefix reads back as zeros from a random 512-byte boundary (blocks
+        the kernel had not written). A file
         truncated below its synced size since the last fdatasync keeps either size. The
         namespace is the one of the last `sync_dir()`.
         """
@@ -302,11 +303,13 @@ class MemoryStorage:
                 common += 1
             durable = data[:common]
         keep = self.rng.randint(0, len(data) - len(durable))
-        tail = bytearray(data[len(durable) : len(durable) + keep])
-        if zero_fill and tail:
-            start = self.rng.randint(0, len(tail) - 1)
-            tail[start:] = bytes(len(tail) - start)
-        return durable + bytes(tail)
+        kept = bytearray(data[: len(durable) + keep])
+        # blocks the kernel had not written read back as zeros: from a 512-byte boundary on
+        first = -(-len(durable) // 512) * 512
+        if zero_fill and first < len(kept):
+            start = self.rng.randrange(first, len(kept), 512)
+            kept[start:] = bytes(len(kept) - start)
+        return bytes(kept)
 
     # helpers for tests
 

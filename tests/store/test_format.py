@@ -322,3 +322,20 @@ def test_scan_flipped_length_bit_is_not_torn_like() -> None:
         if "runs past" in problem.reason:
             assert "the length is damaged" in problem.reason
             assert not problem.torn_like
+
+
+def test_scan_zeros_from_a_block_boundary_to_eof_are_torn_like() -> None:
+    big = log_bytes(1, 0, [[put(1, body=b"a" * 900)], [put(2, body=b"b" * 900)]])
+    records = scan(log_name(1), big).records
+    first = records[1]  # zeros start inside this record and cover the next one
+    boundary = (first.offset // 512 + 1) * 512
+    assert boundary < first.end
+    zeroed = big[:boundary] + bytes(len(big) - boundary)
+    assert _problem(zeroed).offset == first.offset
+    assert _problem(zeroed).torn_like
+    # a final block that EOF cuts short
+    last = records[-1]
+    cut = ((len(big) - 1) // 512) * 512
+    assert last.offset < cut
+    partial = big[:cut] + bytes(len(big) - cut)
+    assert _problem(partial).torn_like
