@@ -28,7 +28,6 @@ The directory lock belongs to the caller (recovery takes it).
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import time
@@ -40,7 +39,7 @@ from typing import Any, Final, Literal
 import trio
 
 from allq.store.format import FORMAT_VERSION, KIND_LOG, encode_header, encode_record, log_name
-from allq.store.storage import Storage
+from allq.store.storage import Storage, write_all
 
 log = logging.getLogger("allq.store")
 
@@ -86,21 +85,6 @@ ToThread = Callable[..., Awaitable[Any]]
 
 def _wall_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _write_all(storage: Storage, handle: int, data: bytes) -> int:
-    """Write every byte of `data`, looping on short writes; returns the count written.
-
-    Raises:
-        OSError: from the storage, or EIO when a write makes no progress.
-    """
-    done = 0
-    while done < len(data):
-        count = storage.write(handle, data[done:])
-        if count <= 0:
-            raise OSError(errno.EIO, f"write made no progress after {done} bytes")
-        done += count
-    return done
 
 
 class LogWriter:
@@ -234,7 +218,7 @@ class LogWriter:
         assert segment is not None
         before = segment.size
         try:
-            _write_all(self._storage, segment.handle, data)
+            write_all(self._storage, segment.handle, data)
         except OSError as exc:
             self._fail(f"write to {self._storage.describe(segment.name)} failed: {exc}")
             self._truncate(segment, before)
@@ -308,7 +292,7 @@ class LogWriter:
         storage = self._storage
         handle = storage.create(name)
         try:
-            _write_all(storage, handle, data)
+            write_all(storage, handle, data)
             storage.fdatasync(handle)
             storage.sync_dir()
         except BaseException:

@@ -36,7 +36,7 @@ from allq.store.format import (
     parse_name,
     scan,
 )
-from allq.store.storage import LOCK_NAME, Storage
+from allq.store.storage import LOCK_NAME, Storage, write_all
 
 log = logging.getLogger("allq.store")
 
@@ -101,6 +101,7 @@ class _Recovery:
         self.tubes: dict[str, set[str]] = {}  # tube -> live job ids
         self.truncations: list[tuple[str, int, int]] = []  # name, offset, dropped
         self.deletions: list[str] = []
+        self.sizes: dict[str, int] = {}  # size of every file read, as it stands now
 
     # --- messages -------------------------------------------------------------------
 
@@ -133,6 +134,7 @@ class _Recovery:
         if problem.offset <= HEADER_SIZE:  # no meta would remain
             self.storage.unlink(problem.name)
             self.storage.sync_dir()
+            del self.sizes[problem.name]
         else:
             self._truncate(problem.name, problem.offset)
         self.out.quarantined.append((problem.name, problem.offset, problem.drop_bytes))
@@ -157,12 +159,7 @@ class _Recovery:
                 suffix += 1
         target = target if suffix == 0 else f"{target}.{suffix}"
         try:
-            done = 0
-            while done < len(data):
-                count = storage.write(handle, data[done:])
-                if count <= 0:
-                    raise OSError(f"write to {storage.describe(target)} made no progress")
-                done += count
+            write_all(storage, handle, data)
             storage.fdatasync(handle)
         finally:
             storage.close(handle)
@@ -171,6 +168,7 @@ class _Recovery:
         return target
 
     def _truncate(self, name: str, size: int) -> None:
+        self.sizes[name] = size
         handle = self.storage.open_append(name)
         try:
             self.storage.truncate(handle, size)
@@ -224,6 +222,7 @@ class _Recovery:
             self.out.torn_bytes_dropped += dropped
         for name in self.deletions:
             storage.unlink(name)
+            del self.sizes[name]
         for name in leftovers:
             storage.unlink(name)
         if self.deletions or leftovers:
@@ -231,18 +230,13 @@ class _Recovery:
         if self.out.orphan_changes:
             self.warn(f"recovery skipped {self.out.orphan_changes} orphan changes")
         self.out.prev = prev
-        self._count_remaining()
+        self.out.log_bytes = sum(self.sizes.values())
+        self.out.segments = sum(name.startswith("log-") for name in self.sizes)
         return self.out
-
-    def _count_remaining(self) -> None:
-        for name in self.storage.list():
-            parsed = parse_name(name)
-            if parsed is not None:
-                self.out.log_bytes += len(self.storage.read(name))
-                self.out.segments += parsed[0] == KIND_LOG
 
     def _read(self, name: str) -> FileScan:
         data = self.storage.read(name)
+        self.sizes[name] = len(data)
         self.out.bytes_read += len(data)
         self.out.files += 1
         return scan(name, data)

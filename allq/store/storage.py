@@ -94,6 +94,20 @@ class Storage(Protocol):
     def free_bytes(self) -> int: ...
 
 
+def write_all(storage: Storage, handle: int, data: bytes) -> None:
+    """Write every byte of `data`, looping on short writes.
+
+    Raises:
+        OSError: from the storage, or EIO when a write makes no progress.
+    """
+    done = 0
+    while done < len(data):
+        count = storage.write(handle, data[done:])
+        if count <= 0:
+            raise OSError(errno.EIO, f"write made no progress after {done} bytes")
+        done += count
+
+
 def _read_pid(data: bytes) -> int | None:
     text = data.decode("ascii", "replace").strip()
     return int(text) if text.isdigit() else None

@@ -9,14 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from allq.store.storage import DirectoryInUse, MemoryStorage, OsStorage, Storage
-
-
-def _write_all(storage: Storage, handle: int, data: bytes) -> None:
-    done = 0
-    while done < len(data):
-        done += storage.write(handle, data[done:])
-
+from allq.store.storage import DirectoryInUse, MemoryStorage, OsStorage, write_all
 
 # --- OsStorage ---------------------------------------------------------------------------
 
@@ -78,11 +71,11 @@ def test_lock_refuses_a_second_owner_naming_the_pid(tmp_path: Path) -> None:
 def test_memory_storage_basics() -> None:
     storage = MemoryStorage()
     handle = storage.create("a")
-    _write_all(storage, handle, b"abc")
+    write_all(storage, handle, b"abc")
     with pytest.raises(FileExistsError):
         storage.create("a")
     storage.truncate(handle, 1)
-    _write_all(storage, handle, b"z")
+    write_all(storage, handle, b"z")
     assert storage.read("a") == b"az"
     storage.rename("a", "b")
     assert storage.list() == ["b"]
