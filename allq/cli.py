@@ -114,6 +114,11 @@ def _cmd_server(args: argparse.Namespace) -> int:
             handshake_rate=values["handshake_rate"],
             handshake_rate_per_source=values["handshake_rate_per_source"],
             server_id_generated=values["name"] is None,
+            data_dir=values["data_dir"],
+            sync=values["sync"],
+            sync_interval_ms=values["sync_interval_ms"],
+            segment_bytes=values["segment_bytes"],
+            repair=values["repair"],
         )
         load_server_keys(config)  # fail before binding, with the file named
     except (ConfigError, AllQError) as exc:

@@ -40,6 +40,11 @@ class ServerConfig:
     handshake_rate: float = 100.0
     handshake_rate_per_source: float = 10.0
     server_id_generated: bool = False
+    data_dir: Path | None = None
+    sync: str = "interval"
+    sync_interval_ms: float = 50.0
+    segment_bytes: int = 64 * 1024 * 1024
+    repair: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -11,17 +11,27 @@ Task tree:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
+from allq import __version__
 from allq.config import ConfigError, ServerConfig
 from allq.gatekeeper import Gatekeeper, GateLimits
 from allq.server import ServerLimits, ServerStats, serve
 from allq.session import SessionLimits, ShutdownState
+from allq.store.log import LogWriter, SyncMode, open_log_writer
+from allq.store.recovery import Recovered, RecoveryError, recover
+from allq.store.storage import DirectoryInUse, OsStorage
+from allq.tubes.changes import restore
 from allq.tubes.engine import Engine
 from allq.tubes.runner import EngineShell, UnixClock
 from allq.wire.keyfiles import AllowList, KeyFileError, KeyPair, load_allowlist, load_secret_key
@@ -44,6 +54,72 @@ def load_server_keys(config: ServerConfig) -> tuple[KeyPair, AllowList]:
         raise ConfigError(str(exc)) from None
 
 
+@dataclass(slots=True)
+class Persistence:
+    """The open log of a server with `--data-dir` (persistence.md)."""
+
+    directory: Path
+    writer: LogWriter
+    engine: Engine | None = None
+
+    def stats(self) -> dict[str, object]:
+        return {"mode": "wal", **dataclasses.asdict(self.writer.statistics())}
+
+
+@asynccontextmanager
+async def open_persistence(
+    config: ServerConfig,
+) -> AsyncIterator[tuple[Persistence | None, Recovered | None]]:
+    """Lock and recover `config.data_dir`, then keep its log writer open (or nothing).
+
+    Raises:
+        ConfigError: the directory is in use, corrupt (names file, offset, reason), or
+            belongs to another server_id; the process exits 1 without a traceback.
+    """
+    if config.data_dir is None:
+        yield None, None
+        return
+    directory = config.data_dir
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    storage = OsStorage(directory)
+    server_id = None if config.server_id_generated else config.engine.server_id
+    try:
+        recovered = recover(storage, server_id=server_id, repair=config.repair)
+    except (DirectoryInUse, RecoveryError) as exc:
+        raise ConfigError(str(exc)) from None
+    for warning in recovered.warnings:
+        log.warning("%s", warning)
+    holder: list[Persistence] = []
+
+    def seqs() -> dict[str, int]:
+        engine = holder[0].engine if holder else None
+        return engine.sequences() if engine is not None else dict(recovered.seqs)
+
+    async with open_log_writer(
+        storage,
+        server_id=recovered.server_id or config.engine.server_id,
+        version=__version__,
+        seqs=seqs,
+        first_seq=recovered.next_seq,
+        prev=recovered.prev,
+        sync=_sync_mode(config.sync),
+        sync_interval_ms=config.sync_interval_ms,
+        segment_bytes=config.segment_bytes,
+        base_bytes=recovered.log_bytes,
+        base_segments=recovered.segments,
+    ) as writer:
+        holder.append(Persistence(directory, writer))
+        yield holder[0], recovered
+
+
+def _sync_mode(text: str) -> SyncMode:
+    if text == "always":
+        return "always"
+    if text == "never":
+        return "never"
+    return "interval"
+
+
 async def run_server(
     config: ServerConfig,
     *,
@@ -56,10 +132,49 @@ async def run_server(
     graceful shutdown through it; otherwise this process watches SIGINT/SIGTERM/SIGHUP.
     """
     keys, allowlist = load_server_keys(config)
+    async with open_persistence(config) as (persistence, recovered):
+        if recovered is not None and config.server_id_generated and recovered.server_id:
+            config = dataclasses.replace(
+                config, engine=dataclasses.replace(config.engine, server_id=recovered.server_id)
+            )
+        await _serve_process(config, keys, allowlist, shutdown, persistence, recovered, task_status)
+
+
+async def _serve_process(
+    config: ServerConfig,
+    keys: KeyPair,
+    allowlist: AllowList,
+    shutdown: ShutdownState | None,
+    persistence: Persistence | None,
+    recovered: Recovered | None,
+    task_status: trio.TaskStatus[tuple[str, int]],
+) -> None:
     listeners = await trio.open_tcp_listeners(config.port, host=config.host, backlog=config.backlog)
     clock = UnixClock.start(time.time())
     engine = Engine(config.engine, random_bytes=os.urandom, now=clock.now())
+    if recovered is not None:
+        started = time.monotonic()
+        orphans = restore(engine, recovered.changes)
+        engine.restore_sequences(recovered.seqs)
+        engine.changelog.enabled = True
+        counts = engine.server_stats(clock.now())["jobs"]
+        log.info(
+            "recovered %d job(s) %s in %d tube(s) from %d file(s), %d record(s), %d byte(s); "
+            "torn bytes dropped %d; orphan changes %d; %.3f s",
+            len(engine.jobs),
+            counts,
+            len(engine.tubes),
+            recovered.files,
+            recovered.records,
+            recovered.bytes_read,
+            recovered.torn_bytes_dropped,
+            recovered.orphan_changes + orphans,
+            time.monotonic() - started,
+        )
     shell = EngineShell(engine, clock)
+    if persistence is not None:
+        persistence.engine = engine
+        shell.journal = persistence.writer
     own_signals = shutdown is None
     if shutdown is None:
         shutdown = ShutdownState(grace_s=config.graceful_s)
@@ -83,14 +198,21 @@ async def run_server(
             write_stall_s=config.write_stall_s,
         ),
     )
-    engine.extra_stats = lambda: {"connections": stats.connections}
-    log.warning(
-        "persistence is off: jobs are kept in memory only and are lost when this server stops"
-    )
-    if config.server_id_generated:
+    if persistence is None:
+        engine.extra_stats = lambda: {"connections": stats.connections}
         log.warning(
-            "no --name given: this server is %s for this process only", config.engine.server_id
+            "persistence is off: jobs are kept in memory only and are lost when this server stops"
         )
+    else:
+        store = persistence
+        engine.extra_stats = lambda: {
+            "connections": stats.connections,
+            "persistence": store.stats(),
+        }
+        log.info("persistence on: %s, sync %s", persistence.directory, config.sync)
+    if config.server_id_generated:
+        where = "for this process only" if persistence is None else f"kept in {config.data_dir}"
+        log.warning("no --name given: this server is %s, %s", config.engine.server_id, where)
     address = listeners[0].socket.getsockname()
     async with trio.open_nursery() as root:
         if own_signals:

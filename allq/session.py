@@ -188,7 +188,16 @@ class Session:
         elif op == "cancel":
             await self._start_task(nursery, self._serve_cancel, request_id, args)
         else:
-            await self._send({"id": request_id, **self._apply(op, args)})
+            body = self._apply(op, args)
+            position = self.shell.written_position
+            if position is not None and "result" in body:
+                # Answered once the change is as durable as the sync mode promises; the
+                # wait (group commit under --sync always) must not hold up this
+                # connection's next requests, so it runs in its own task.
+                pending = {"body": body, "position": position}
+                await self._start_task(nursery, self._answer_when_durable, request_id, pending)
+            else:
+                await self._send({"id": request_id, **body})
 
     async def _start_task(
         self, nursery: trio.Nursery, fn: _Handler, rid: int, args: dict[str, object]
@@ -196,6 +205,19 @@ class Session:
         await self._inflight.acquire()  # released by _finish
         self._in_flight_ids.add(rid)
         nursery.start_soon(fn, rid, args)
+
+    async def _answer_when_durable(self, request_id: int, pending: dict[str, object]) -> None:
+        body, position = pending["body"], pending["position"]
+        assert isinstance(body, dict)
+        assert isinstance(position, int)
+        try:
+            try:
+                await self.shell.durable(position)
+            except AllQError as error:
+                body = _error_body(error)
+            await self._send({"id": request_id, **body})
+        finally:
+            self._finish(request_id)
 
     def _apply(self, op: str, args: Mapping[str, object]) -> dict[str, object]:
         """Apply one immediate op synchronously; return the answer body."""

@@ -20,16 +20,36 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
-from allq.errors import AllQError, Cancelled, DeadlineSoon, ShuttingDown, TimedOut
+from allq.errors import AllQError, Cancelled, DeadlineSoon, Internal, ShuttingDown, TimedOut
+from allq.store.log import WriteFailed
 from allq.tubes.engine import Engine, Result
 from allq.tubes.events import Delivered, Effect, Waiting, WaitTimedOut
 
 log = logging.getLogger(__name__)
+
+#: Operations that change nothing: still served after a log write failed (persistence.md §9).
+READ_ONLY_OPS = frozenset(
+    {"ping", "peek", "peek_ready", "peek_delayed", "peek_buried", "stats", "stats_job",
+     "stats_tube", "list_tubes"}
+)  # fmt: skip
+
+
+class Journal(Protocol):
+    """Where the engine's changes go before requests are answered (allq.store.LogWriter)."""
+
+    @property
+    def write_failed(self) -> bool: ...
+
+    def append(self, changes: Sequence[Mapping[str, object]]) -> int: ...
+
+    async def commit(self, position: int) -> None: ...
+
 
 JobViews = list[dict[str, object]]
 #: What a waiting reserve ends with: the jobs, or the error that ended it.
@@ -71,6 +91,9 @@ class EngineShell:
         self._waiters: dict[int, trio.MemorySendChannel[Outcome]] = {}
         self._shutting_down = False
         self.unreserved_on_gone = 0  # jobs given back because their waiter went away
+        #: The persistence log (None: memory only). Changes are appended before answers.
+        self.journal: Journal | None = None
+        self.written_position: int | None = None  # end of the last call's record, if any
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -101,11 +124,47 @@ class EngineShell:
     # -- engine calls --------------------------------------------------------------------
 
     def call(self, op: str, args: Mapping[str, object]) -> Result:
-        """One engine operation at the current time; effects are delivered before return."""
+        """One engine operation at the current time; effects are delivered before return.
+
+        With a journal, the call's changes are appended as one record before this returns
+        (`written_position` is its end, for `durable()`); a failed append answers INTERNAL
+        and every later mutation too (persistence.md §9).
+        """
+        journal = self.journal
+        if journal is not None and journal.write_failed and op not in READ_ONLY_OPS:
+            raise Internal("persistence failed; restart required")
+        self.written_position = None
         try:
-            return self.engine.handle(op, args, self.clock.now())
+            result = self.engine.handle(op, args, self.clock.now())
         finally:
+            failed = not self._write_changes()
             self._after_call()
+        if failed:
+            raise Internal("persistence failed: the change could not be written; restart required")
+        return result
+
+    async def durable(self, position: int) -> None:
+        """Wait until the record ending at `position` is as safe as the sync mode promises."""
+        assert self.journal is not None
+        try:
+            await self.journal.commit(position)
+        except WriteFailed as failure:
+            raise Internal(f"persistence failed: {failure}; restart required") from None
+
+    def _write_changes(self) -> bool:
+        """Append what the engine changed since the last append; False if that failed."""
+        journal = self.journal
+        if journal is None:
+            return True
+        changes = self.engine.take_changes()
+        if not changes:
+            return True
+        try:
+            self.written_position = journal.append(changes)
+        except WriteFailed as failure:
+            log.error("persistence failed, every change is refused until restart: %s", failure)
+            return False
+        return True
 
     def unreserve(self, jobs: JobViews) -> None:
         """Give delivered jobs back (R10); a job that moved on meanwhile is left alone."""
@@ -170,6 +229,7 @@ class EngineShell:
     # -- effects and timers ------------------------------------------------------------------
 
     def _after_call(self) -> None:
+        self._write_changes()  # whatever changed (a tick, a withdrawn waiter) is logged first
         engine = self.engine
         while True:
             effects = engine.take_effects()
@@ -230,7 +290,7 @@ class EngineShell:
                 if self._deadline(name) <= now:
                     for effect in engine.tick(now):
                         self._deliver(effect)
-                self._after_call()
+                self._after_call()  # a tick's transitions: one record, never waited on
         finally:
             self._pokes.pop(name, None)
 
