@@ -100,8 +100,11 @@ def banner(url: str, data_dir: Path, servers: int, memory: bool) -> str:
             f"  REST API   {url}/v1/   (OpenAPI: {url}/openapi.json)",
             f"  dashboard  {url}/   (not served yet: it arrives with the observability issue)",
             f"  keys       {data_dir / 'keys'}",
-            "  storage    memory only: jobs are lost when allq up stops"
-            + ("" if memory else " (persistence arrives with its own issue)"),
+            (
+                "  storage    memory only (--memory): jobs are lost when allq up stops"
+                if memory
+                else f"  storage    {data_dir}/server-N/ (kept across restarts)"
+            ),
             "",
             "Try it:",
             f'  curl -s -XPOST {url}/v1/tubes/hello/jobs -d \'{{"body": "hi"}}\'',
@@ -121,8 +124,6 @@ async def run_up(  # noqa: ASYNC128 (started by _start_all)
     shutdown = ShutdownState(grace_s=config.graceful_s)
     stop_gateway = trio.Event()
     interrupted = False
-    if not config.memory:
-        log.warning("persistence is not implemented yet: allq up keeps jobs in memory only")
     async with trio.open_nursery() as root:
 
         async def watch() -> None:
@@ -164,6 +165,7 @@ async def _start_all(
             key_file=secret,
             allow_file=keys.allow,
             graceful_s=config.graceful_s,
+            data_dir=None if config.memory else config.data_dir / f"server-{n}",
         )
         host, port = await servers.start(_server_task, server, shutdown)
         addresses.append(f"{host}:{port}")

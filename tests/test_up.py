@@ -81,3 +81,33 @@ async def test_up_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         assert (keys / name).stat().st_mode & 0o777 == 0o600
     await run_up_once(tmp_path, "second")  # the keys of the first start are reused
     assert {path.name: path.read_bytes() for path in keys.iterdir()} == made
+
+
+async def test_up_keeps_jobs_across_restarts(tmp_path: Path) -> None:
+    """Persistence is on by default in allq up: a job put before Ctrl-C is there after."""
+    ids = []
+    for tag in ("before", "after"):
+        out, err = tmp_path / f"{tag}.out", tmp_path / f"{tag}.err"
+        process = start_up(tmp_path, out, err)
+        try:
+            with trio.fail_after(60):
+                while not (match := URL.search(out.read_text())):
+                    assert process.poll() is None, err.read_text()
+                    await trio.sleep(0.05)  # polling the banner file: no event to wait on
+                client = await HttpClient.connect((match.group(1), int(match.group(2))))
+                if tag == "before":
+                    status, put = await client.request("POST", "/v1/tubes/kept/jobs", {"body": "x"})
+                    assert status == 201
+                    ids.append(put["id"])
+                else:
+                    status, job = await client.request("GET", f"/v1/jobs/{ids[0]}")
+                    assert status == 200, job
+                    assert job["state"] == "ready"
+                await client.aclose()
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=30) == 130
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert (tmp_path / "data" / "server-1" / "LOCK").exists()
