@@ -6,6 +6,7 @@ Task tree:
     └─ root nursery
        ├─ signal watcher      SIGINT/SIGTERM: graceful shutdown, a second one: stop now;
        │                      SIGHUP: reload the allow-list, close revoked connections
+       ├─ compactor           with --data-dir: persistence.md §7 (allq.store.compaction)
        └─ serve()             (allq.server) engine timers, sessions, accept loop
 """
 
@@ -28,6 +29,7 @@ from allq.config import ConfigError, ServerConfig
 from allq.gatekeeper import Gatekeeper, GateLimits
 from allq.server import ServerLimits, ServerStats, serve
 from allq.session import SessionLimits, ShutdownState
+from allq.store.compaction import DEFAULT_FLOOR_BYTES, Compactor
 from allq.store.log import LogWriter, SyncMode, open_log_writer
 from allq.store.recovery import Recovered, RecoveryError, recover
 from allq.store.storage import DirectoryInUse, OsStorage
@@ -61,9 +63,21 @@ class Persistence:
     directory: Path
     writer: LogWriter
     engine: Engine | None = None
+    compactor: Compactor | None = None
+    compact_at_start: bool = False
 
     def stats(self) -> dict[str, object]:
-        return {"mode": "wal", **dataclasses.asdict(self.writer.statistics())}
+        extra = self.compactor.stats() if self.compactor is not None else {}
+        return {"mode": "wal", **dataclasses.asdict(self.writer.statistics()), **extra}
+
+
+#: Compaction's floor (persistence.md §7: 64 MiB); the environment may lower it (tests).
+COMPACTION_FLOOR_ENV = "ALLQ_COMPACTION_FLOOR_BYTES"
+
+
+def _compaction_floor() -> int:
+    text = os.environ.get(COMPACTION_FLOOR_ENV, "")
+    return int(text) if text.isdigit() else DEFAULT_FLOOR_BYTES
 
 
 @asynccontextmanager
@@ -108,7 +122,15 @@ async def open_persistence(
         base_bytes=recovered.log_bytes,
         base_segments=recovered.segments,
     ) as writer:
-        holder.append(Persistence(directory, writer))
+        compactor = Compactor(
+            storage,
+            writer,
+            config=config.engine,
+            server_id=recovered.server_id or config.engine.server_id,
+            version=__version__,
+            floor_bytes=_compaction_floor(),
+        )
+        holder.append(Persistence(directory, writer, None, compactor, recovered.repaired))
         yield holder[0], recovered
 
 
@@ -217,6 +239,9 @@ async def _serve_process(
     async with trio.open_nursery() as root:
         if own_signals:
             root.start_soon(_watch_signals, shutdown, root.cancel_scope, gate, config, stats)
+        if persistence is not None and persistence.compactor is not None:
+            compactor, at_once = persistence.compactor, persistence.compact_at_start
+            root.start_soon(lambda: compactor.run(now=at_once))
         await root.start(
             lambda task_status: serve(
                 shell,

@@ -78,6 +78,7 @@ class _Segment:
     name: str
     handle: int
     size: int
+    created_size: int = 0  # header and meta: the segment holds records beyond this
 
 
 ToThread = Callable[..., Awaitable[Any]]
@@ -146,6 +147,7 @@ class LogWriter:
         self._oldest_after_sync_start: float | None = None
         self._sync_in_flight = False
         self._max_unsynced_age = 0.0
+        self._rotated = trio.Event()
 
     # --- the request path -------------------------------------------------------------
 
@@ -210,6 +212,42 @@ class LogWriter:
             fdatasyncs=self._fdatasyncs,
             write_failed=self._failed is not None,
         )
+
+    # --- compaction's hooks (persistence.md §7) ----------------------------------------
+
+    def rotation_event(self) -> trio.Event:
+        """An event set at the next switch to a new segment."""
+        return self._rotated
+
+    def closed_through(self) -> int:
+        """Every log segment up to this sequence number is closed and durable (0: none)."""
+        return self._active.seq - 1 if self._active is not None else 0
+
+    async def close_segment(self) -> int:
+        """Close the active segment if it holds any record (rotate, as when it is full) and
+        return `closed_through()`.
+
+        Raises:
+            WriteFailed: the writer is (or became) write-failed or is closed.
+        """
+        active = self._active
+        if self._failed is None and active is not None and active.size > active.created_size:
+            self._switching = True
+            self._wake.set()
+            while self._active is active and not self.write_failed:
+                await self._progress.wait()
+        if self._failed is not None:
+            raise WriteFailed(self._failed)
+        if self._active is None:
+            raise WriteFailed("the log is closed")
+        return self.closed_through()
+
+    def account_compaction(
+        self, *, removed_bytes: int, removed_segments: int, added_bytes: int
+    ) -> None:
+        """Keep `log_bytes` and `segments` equal to the directory's files after a compaction."""
+        self._log_bytes += added_bytes - removed_bytes
+        self._segments -= removed_segments
 
     # --- internals ----------------------------------------------------------------------
 
@@ -326,7 +364,7 @@ class LogWriter:
                 self._fail(f"cannot prepare log segment {self._storage.describe(name)}: {exc}")
                 return
             self._next_seq = seq + 1
-            self._next = _Segment(seq, name, handle, len(data))
+            self._next = _Segment(seq, name, handle, len(data), len(data))
             self._log_bytes += len(data)
             self._segments += 1
 
@@ -347,6 +385,8 @@ class LogWriter:
         self._close_handle(old)
         self._active, self._next = new, None
         self._switching = False
+        self._rotated.set()
+        self._rotated = trio.Event()
         pending, self._pending = self._pending, []
         try:
             while pending and not self._switching:
