@@ -14,20 +14,19 @@ same validation, so the log never holds a change the next start would refuse.
 from __future__ import annotations
 
 import enum
-import io
 import math
 import re
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Final, cast
 
 import cbor2
 
 from allq.tubes.config import SERVER_ID_RE
 from allq.tubes.validate import IDEMPOTENCY_KEY_RE, LOCAL_ID_RE, TUBE_NAME_RE
-from allq.wire.codec import _NO_TAGS, MAX_DEPTH, _check_value, _tag_hook
+from allq.wire.codec import _check_value, decode_item
 
 MAGIC: Final = b"ALQLOG\r\n"
 FORMAT_VERSION: Final = 1
@@ -121,26 +120,9 @@ def decode_payload(payload: bytes) -> list[Change]:
     Raises:
         FormatError: invalid CBOR, a disallowed type, not an array of maps, an invalid change.
     """
-    fp = io.BytesIO(payload)
-    decoder = cbor2.CBORDecoder(
-        fp,
-        tag_hook=_tag_hook,
-        semantic_decoders=cast("Mapping[int, Any]", _NO_TAGS),
-        str_errors="strict",
-        max_depth=MAX_DEPTH,
-        allow_indefinite=False,
-        allow_duplicate_keys=False,
-        strict_hashable_types=True,
-    )
-    try:
-        value = decoder.decode()
-    except Exception as exc:  # cbor2 raises CBORDecodeError, EOF, ValueError, MemoryError …
-        raise FormatError(f"invalid CBOR: {exc}") from None
-    if fp.tell() != len(payload):
-        raise FormatError("trailing bytes after the CBOR item")
+    value = decode_item(payload, FormatError)
     if not isinstance(value, list) or not value:
         raise FormatError("the payload is not a non-empty CBOR array")
-    _check_value(value, 1, FormatError)
     for index, change in enumerate(value):
         if not isinstance(change, dict):
             raise FormatError(f"change {index} is not a map")

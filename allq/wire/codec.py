@@ -73,13 +73,16 @@ def _check_value(value: object, depth: int, error: type[Exception]) -> None:
     raise error(f"value of type {type(value).__name__} is not allowed")
 
 
-def decode(plaintext: bytes) -> Message:
-    """Decode one frame plaintext: one CBOR map and nothing after it.
+def decode_item(data: bytes, error: type[Exception] = RemoteProtocolError) -> object:
+    """Strictly decode one CBOR data item and nothing after it (wire.md §4).
+
+    No tags, no indefinite lengths, no duplicate keys, depth ≤ 8, strict UTF-8, only the
+    allowed types. Shared by the wire (maps) and the persistence log (arrays).
 
     Raises:
-        RemoteProtocolError: not strictly valid CBOR, a disallowed type, not a map.
+        error: (RemoteProtocolError by default) with the reason.
     """
-    fp = io.BytesIO(plaintext)
+    fp = io.BytesIO(data)
     decoder = cbor2.CBORDecoder(
         fp,
         tag_hook=_tag_hook,
@@ -93,15 +96,25 @@ def decode(plaintext: bytes) -> Message:
     try:
         value = decoder.decode()
     except Exception as exc:  # cbor2 raises CBORDecodeError, EOF, ValueError, MemoryError …
-        raise RemoteProtocolError(f"invalid CBOR: {exc}") from None
-    if fp.tell() != len(plaintext):
-        raise RemoteProtocolError("trailing bytes after the CBOR item")
+        raise error(f"invalid CBOR: {exc}") from None
+    if fp.tell() != len(data):
+        raise error("trailing bytes after the CBOR item")
+    _check_value(value, 1, error)
+    return value
+
+
+def decode(plaintext: bytes) -> Message:
+    """Decode one frame plaintext: one CBOR map and nothing after it.
+
+    Raises:
+        RemoteProtocolError: not strictly valid CBOR, a disallowed type, not a map.
+    """
+    value = decode_item(plaintext)
     if not isinstance(value, dict):
         raise RemoteProtocolError("the frame is not a CBOR map")
-    for key, item in value.items():
+    for key in value:
         if not isinstance(key, str):
             raise RemoteProtocolError("map keys must be text strings")
-        _check_value(item, 2, RemoteProtocolError)
     return value
 
 
