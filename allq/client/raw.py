@@ -19,17 +19,27 @@ class JsonHttp:
     Resource handling: it owns its stream; `aclose()` closes it.
     """
 
-    def __init__(self, stream: trio.SocketStream, host: str) -> None:
+    def __init__(
+        self, stream: trio.SocketStream | None, host: str, address: tuple[str, int] | None = None
+    ) -> None:
         self.stream = stream
         self.host = host
+        self.address = address
         self.conn = h11.Connection(h11.CLIENT)
 
     @classmethod
     async def connect(cls, address: tuple[str, int]) -> JsonHttp:
+        """Connected now; when the server closes the connection (Hypercorn does after
+        1,000 requests), the next request opens a new one, as HTTP clients do."""
         stream = await trio.open_tcp_stream(*address)
-        return cls(stream, f"{address[0]}:{address[1]}")
+        return cls(stream, f"{address[0]}:{address[1]}", address)
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        if self.stream is None:
+            if self.address is None:
+                raise trio.ClosedResourceError("the connection was closed")
+            self.stream = await trio.open_tcp_stream(*self.address)
+            self.conn = h11.Connection(h11.CLIENT)
         data = b"" if body is None else json.dumps(body).encode()
         headers = [("Host", self.host), ("Content-Length", str(len(data)))]
         if body is not None:
@@ -37,12 +47,13 @@ class JsonHttp:
         out = self.conn.send(h11.Request(method=method, target=path, headers=headers))
         out += self.conn.send(h11.Data(data=data)) if data else b""
         out += self.conn.send(h11.EndOfMessage())
-        await self.stream.send_all(out)
+        stream = self.stream
+        await stream.send_all(out)
         status, chunks = 0, []
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
-                self.conn.receive_data(await self.stream.receive_some(65536))
+                self.conn.receive_data(await stream.receive_some(65536))
             elif isinstance(event, h11.Response):
                 status = event.status_code
             elif isinstance(event, h11.Data):
@@ -51,10 +62,21 @@ class JsonHttp:
                 break
             elif isinstance(event, h11.ConnectionClosed):
                 raise trio.BrokenResourceError("the server closed the connection")
-        self.conn.start_next_cycle()
+        if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
+            await self.aclose()  # the server said Connection: close
+        else:
+            self.conn.start_next_cycle()
         raw = b"".join(chunks)
         return status, json.loads(raw) if raw else None
 
+    async def __aenter__(self) -> JsonHttp:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
-        with trio.move_on_after(1, shield=True):
-            await self.stream.aclose()
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            with trio.move_on_after(1, shield=True):
+                await stream.aclose()

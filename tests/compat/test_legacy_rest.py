@@ -136,7 +136,7 @@ async def test_transcript(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with compat_gateway(tmp_path) as g:
             http = await HttpClient.connect(g.address)
-            async with http.stream:
+            async with http:
                 ids: dict[str, str] = {}
                 for n, (method, path, body, status, expected) in enumerate(TRANSCRIPT):
                     where = f"#{n} {method} {path}"
@@ -179,7 +179,7 @@ async def test_errors_have_real_statuses(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with compat_gateway(tmp_path) as g:
             http = await HttpClient.connect(g.address)
-            async with http.stream:
+            async with http:
                 _, put = await http.request("POST", "/job", {"tube": "e", "body": "x"})
                 ready = put["job_id"]
                 _, parent = await http.request(
@@ -252,7 +252,7 @@ async def test_token_is_checked_with_the_legacy_shape(tmp_path: Path) -> None:
         async with serving_gateway(tmp_path, 2, api_token="sesame") as served:
             host, _, port = served.url.removeprefix("http://").rpartition(":")
             http = await HttpClient.connect((host, int(port)))
-            async with http.stream:
+            async with http:
                 unauthorized = (401, {"error": "unauthorized"})
                 assert await http.request("GET", "/job?tube=t") == unauthorized
                 assert await http.request("POST", "/job", {"tube": "t"}) == unauthorized
@@ -267,7 +267,7 @@ async def test_no_server_is_503(tmp_path: Path) -> None:
             while served.cluster.gateway.ready()[0]:  # noqa: ASYNC110 (health crosses sockets)
                 await trio.sleep(0.02)
             http = await HttpClient.connect((host, int(port)))
-            async with http.stream:
+            async with http:
                 for method, route, body in [
                     ("GET", "/job?tube=t", None),
                     ("POST", "/job", {"tube": "t", "body": "x"}),

@@ -10,59 +10,16 @@ import base64
 import json
 import random
 from pathlib import Path
-from typing import Any
 
-import h11
 import trio
 
+from allq.client.raw import JsonHttp
 from tests.compat.support import compat_gateway
 from tests.helpers.http import HttpClient
 
 JOBS = 1000
 WORKERS = 8
 TUBE = "backburner.worker.queue.default"
-
-
-class RubyHttp:
-    """Keep-alive like Net::HTTP: it opens a new connection when the server closes one
-    (Hypercorn closes a connection after 1,000 requests)."""
-
-    def __init__(self, address: tuple[str, int]) -> None:
-        self.address = address
-        self.stream: trio.SocketStream | None = None
-        self.conn = h11.Connection(h11.CLIENT)
-
-    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        if self.stream is None:
-            self.stream = await trio.open_tcp_stream(*self.address)
-            self.conn = h11.Connection(h11.CLIENT)
-        data = b"" if body is None else json.dumps(body).encode()
-        headers = [("Host", "allq"), ("Content-Length", str(len(data)))]
-        out = self.conn.send(h11.Request(method=method, target=path, headers=headers))
-        out += self.conn.send(h11.Data(data=data)) if data else b""
-        out += self.conn.send(h11.EndOfMessage())
-        await self.stream.send_all(out)
-        status, chunks = 0, []
-        while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
-                self.conn.receive_data(await self.stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-        if self.conn.our_state is h11.MUST_CLOSE:
-            await self.aclose()
-        else:
-            self.conn.start_next_cycle()
-        return status, json.loads(b"".join(chunks))
-
-    async def aclose(self) -> None:
-        if self.stream is not None:
-            await self.stream.aclose()
-            self.stream = None
 
 
 def encode(n: int) -> str:
@@ -77,7 +34,7 @@ async def test_ruby_style_workers_lose_nothing(tmp_path: Path) -> None:
             produced = trio.Event()
 
             async def producer() -> None:
-                http = RubyHttp(g.address)
+                http = await JsonHttp.connect(g.address)
                 try:
                     for n in range(JOBS):
                         body = {"tube": TUBE, "body": encode(n), "ttl": 120, "priority": 5}
@@ -89,7 +46,7 @@ async def test_ruby_style_workers_lose_nothing(tmp_path: Path) -> None:
                 produced.set()
 
             async def worker() -> None:
-                http = RubyHttp(g.address)
+                http = await JsonHttp.connect(g.address)
                 try:
                     while not (produced.is_set() and len(performed) >= JOBS):
                         status, job = await http.request("GET", f"/job?tube={TUBE}")
@@ -111,7 +68,7 @@ async def test_ruby_style_workers_lose_nothing(tmp_path: Path) -> None:
                     nursery.start_soon(worker)
             assert sorted(performed) == list(range(JOBS))  # none lost, none twice
             http = await HttpClient.connect(g.address)
-            async with http.stream:
+            async with http:
                 _, stats = await http.request("GET", "/stats")
                 left = [t for s in stats for t in s["stats"] if t["tube"] == TUBE]
                 assert {s["server_name"] for s in stats} == {"s1", "s2"}

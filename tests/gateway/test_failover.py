@@ -133,9 +133,9 @@ async def test_requester_disconnecting_mid_reserve_loses_no_job(tmp_path: Path) 
         async with process_cluster(tmp_path, n=2) as cluster:
             admin = await HttpClient.connect(cluster.address)
             await servers_up(admin, {"s1", "s2"})
-            leaver = await HttpClient.connect(cluster.address)
+            leaver = await trio.open_tcp_stream(*cluster.address)  # raw: we only send
             body = json.dumps({"tubes": ["dc"], "timeout": 30}).encode()
-            await leaver.stream.send_all(
+            await leaver.send_all(
                 b"POST /v1/reserve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body

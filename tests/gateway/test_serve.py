@@ -48,7 +48,7 @@ async def test_serve_rest_on_port_0_serves_long_polls_and_stops_gracefully() -> 
             assert host == "127.0.0.1"
             assert port > 0
             client = await connect((host, port))
-            async with client.stream:
+            async with client:
                 assert (await client.request("GET", "/healthz"))[0] == 200
                 results: list[tuple[int, Any]] = []
 
@@ -62,7 +62,7 @@ async def test_serve_rest_on_port_0_serves_long_polls_and_stops_gracefully() -> 
                     # Longer than the keep-alive timeout: a waiting request is not idle.
                     await trio.sleep(0.6)
                     other = await connect((host, port))
-                    async with other.stream:
+                    async with other:
                         status, put = await other.request("POST", "/v1/tubes/t/jobs", {"body": "x"})
                         assert status == 201
                 ((status, answer),) = results
@@ -96,7 +96,7 @@ async def test_worker_pool_serves_one_port_from_several_processes() -> None:
                 except OSError:
                     await trio.sleep(0.1)
                     continue
-                async with client.stream:
+                async with client:
                     status, health = await client.request("GET", "/healthz")
                 assert status == 200
                 pids.add(health["pid"])
