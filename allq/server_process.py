@@ -142,7 +142,7 @@ def _sync_mode(text: str) -> SyncMode:
     return "interval"
 
 
-async def run_server(
+async def run_server(  # noqa: ASYNC128 (_serve_process reports the address)
     config: ServerConfig,
     *,
     shutdown: ShutdownState | None = None,
