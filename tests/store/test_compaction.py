@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -343,3 +345,50 @@ async def test_compactor_failure_logs_error_and_backs_off(
         assert compactor.stats()["compaction_failed"] is False
         assert compactor._retry_s == 60
         assert writer.statistics().log_bytes == file_bytes(storage)
+
+
+async def test_a_real_server_compacts_under_load_and_restarts_with_the_same_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from allq.wire.keyfiles import keygen
+    from tests.helpers.processes import AllqProcess, server_args
+    from tests.test_persistence_process import client_of
+
+    keygen(tmp_path / "keys", clients=1, force=False)
+    keys, data = tmp_path / "keys", tmp_path / "data"
+    monkeypatch.setenv("ALLQ_COMPACTION_FLOOR_BYTES", "30000")
+    extra = ("--data-dir", str(data), "--segment-bytes", "8192", "--sync", "always")
+    server = AllqProcess(tmp_path / "a.log", *server_args(keys, "p1"), *extra)
+    try:
+        async with client_of(keys, server) as client:
+            live: set[str] = set()
+            for n in range(600):
+                job = await client.request("put", tube=f"t{n % 3}", body=b"b" * 200)
+                live.add(str(job["id"]))
+                if n % 3 == 0:
+                    gone = min(live)
+                    await client.request("delete", job_id=gone)
+                    live.discard(gone)
+            with trio.fail_after(30):
+                while True:
+                    stats = (await client.request("stats"))["persistence"]
+                    if stats["compactions"] >= 2:
+                        break
+                    await trio.sleep(0.05)
+            assert stats["compaction_failed"] is False
+        assert server.stop() == 0
+        snaps = [n for n in os.listdir(data) if n.startswith("snap-")]
+        assert len(snaps) == 1
+        restarted = AllqProcess(tmp_path / "b.log", *server_args(keys, "p1"), *extra)
+        try:
+            async with client_of(keys, restarted) as client:
+                for job_id in live:
+                    assert (await client.request("stats_job", job_id=job_id))["id"] == job_id
+                total = 0
+                for i in range(3):
+                    total += (await client.request("stats_tube", tube=f"t{i}"))["ready"]
+                assert total == len(live)
+        finally:
+            restarted.stop()
+    finally:
+        server.kill()
