@@ -459,9 +459,12 @@ def _read_record(data: bytes, offset: int) -> Record | Problem:
     if remaining < RECORD_HEADER_SIZE:
         return Problem(offset, f"incomplete record header ({remaining} bytes)", True, False)
     length, crc = _RECORD_HEAD.unpack_from(data, offset)
-    zero = _zero_from(data, offset)
+    # `_zero_from` reads the rest of the file: only a bad record may ask it (a good record
+    # on every call made recovery quadratic in the records of a segment).
     if not 1 <= length <= MAX_PAYLOAD:
-        torn = zero or _zeros_from_block_inside(data, offset, offset + RECORD_HEADER_SIZE)
+        torn = _zero_from(data, offset) or _zeros_from_block_inside(
+            data, offset, offset + RECORD_HEADER_SIZE
+        )
         return Problem(offset, f"invalid record length {length}", torn, False)
     end = offset + RECORD_HEADER_SIZE + length
     if end > size:
@@ -473,7 +476,7 @@ def _read_record(data: bytes, offset: int) -> Record | Problem:
     payload = data[offset + RECORD_HEADER_SIZE : end]
     if crc != zlib.crc32(payload, zlib.crc32(data[offset : offset + 4])):
         torn = (
-            zero
+            _zero_from(data, offset)
             or (end == size and _has_zero_block(data, offset, end))
             or _zeros_from_block_inside(data, offset, end)
         )
@@ -481,5 +484,5 @@ def _read_record(data: bytes, offset: int) -> Record | Problem:
     try:
         changes = decode_payload(payload)
     except FormatError as exc:
-        return Problem(offset, f"invalid record: {exc}", zero, False)
+        return Problem(offset, f"invalid record: {exc}", _zero_from(data, offset), False)
     return Record(offset, end, changes)
