@@ -65,8 +65,11 @@ async def cycles(
 
 
 async def pickup(address: tuple[str, int], samples: int) -> list[float]:
-    worker = await JsonHttp.connect(address)
-    putter = await JsonHttp.connect(address)
+    async with await JsonHttp.connect(address) as worker, await JsonHttp.connect(address) as putter:
+        return await _pickup(worker, putter, samples)
+
+
+async def _pickup(worker: JsonHttp, putter: JsonHttp, samples: int) -> list[float]:
     latencies: list[float] = []
     for i in range(samples):
         sent_at = 0.0
