@@ -74,7 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
     from allq.cli_ops import add_operator_commands
 
     add_operator_commands(commands)
+    commands.add_parser(
+        "bench",
+        help="run the benchmark suite (benchmarks/suite.py; a source checkout)",
+        add_help=False,
+    )
     return parser
+
+
+def _cmd_bench(argv: list[str]) -> int:
+    """`allq bench ARGS` = `python -m benchmarks.suite ARGS` (benchmarks/ is not installed)."""
+    import importlib
+
+    checkout = str(Path(__file__).resolve().parents[1])
+    if checkout not in sys.path:
+        sys.path.append(checkout)
+    try:
+        suite = importlib.import_module("benchmarks.suite")
+    except ImportError as exc:
+        log.error("allq bench needs the source checkout's benchmarks/ package: %s", exc)
+        return EXIT_FAILURE
+    result: int = suite.main(argv)
+    return result
 
 
 def _settings(section: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -232,6 +253,9 @@ def _run_trio(main: Callable[[], Awaitable[object]]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:  # its own parser: every flag goes to the suite
+        return _cmd_bench(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
