@@ -306,8 +306,8 @@ class Client:
             with trio.move_on_after(CLOSE_GRACE, shield=True):
                 try:
                     await self.stream.send({"id": 0, "closing": "client"}, final=True)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+                except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError):
+                    pass  # best effort: the connection already failed (e.g. the server died)
         self._fail_all("closed by the client")
 
 

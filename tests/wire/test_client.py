@@ -357,3 +357,15 @@ async def test_loopback_tcp_smoke() -> None:
             async with open_client("127.0.0.1", port, CLIENT, SERVER.public) as client:
                 assert await client.request("ping") == {"pong": True}
             nursery.cancel_scope.cancel()
+
+
+async def test_goodbye_after_the_peer_broke_the_protocol_is_skipped_quietly() -> None:
+    """A server killed mid-stream leaves the engine in ERROR: closing must not raise."""
+    client_stream, server_stream = await encrypted_pair()
+    with trio.CancelScope() as scope:
+        async with connect_stream(client_stream):
+            await server_stream.transport_stream.aclose()  # EOF without a final frame
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
