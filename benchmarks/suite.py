@@ -97,7 +97,7 @@ class Procs:
         line_port = bench_compat.free_port()
         process, rest = start(
             ["gateway", "--port", "0", "--line-port", str(line_port), "--socket", "off",
-             "--log-level", "WARNING", "--servers", ",".join(a for _, a in servers),
+             "--log-level", "INFO", "--servers", ",".join(a for _, a in servers),
              "--key", str(self.keys / "client-1.key"),
              "--server-key", str(self.keys / "server.pub")],
             self.root / "line-gateway.log",
@@ -695,7 +695,9 @@ def _b7_verdict(v: dict[str, dict[str, Any]]) -> list[tuple[str, bool | None]]:
     if ref.get("unavailable"):
         return [("≤ 2x beanstalkd's RSS: reference unavailable", None)]
     ratio = ours["median"]["rss_mib"] / ref["median"]["rss_mib"]
-    return [(f"server RSS ≤ 2x beanstalkd's ({ours['median']['rss_mib']:.0f} vs "
+    growth = ours["median"]["bytes_per_job"] / max(ref["median"]["bytes_per_job"], 1)
+    return [(f"per-job growth {growth:.1f}x beanstalkd's; server RSS ≤ 2x beanstalkd's "
+             f"({ours['median']['rss_mib']:.0f} vs "
              f"{ref['median']['rss_mib']:.0f} MiB): {ratio:.1f}x", ratio <= 2)]  # fmt: skip
 
 
