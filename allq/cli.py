@@ -140,6 +140,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
             sync_interval_ms=values["sync_interval_ms"],
             segment_bytes=values["segment_bytes"],
             repair=values["repair"],
+            compaction_floor_bytes=values["compaction_floor_bytes"],
         )
         load_server_keys(config)  # fail before binding, with the file named
     except (ConfigError, AllQError) as exc:

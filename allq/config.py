@@ -45,6 +45,7 @@ class ServerConfig:
     sync_interval_ms: float = 50.0
     segment_bytes: int = 64 * 1024 * 1024
     repair: bool = False
+    compaction_floor_bytes: int = 64 * 1024 * 1024
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -29,7 +29,7 @@ from allq.config import ConfigError, ServerConfig
 from allq.gatekeeper import Gatekeeper, GateLimits
 from allq.server import ServerLimits, ServerStats, serve
 from allq.session import SessionLimits, ShutdownState
-from allq.store.compaction import DEFAULT_FLOOR_BYTES, Compactor
+from allq.store.compaction import Compactor
 from allq.store.log import LogWriter, SyncMode, open_log_writer
 from allq.store.recovery import Recovered, RecoveryError, recover
 from allq.store.storage import DirectoryInUse, OsStorage
@@ -69,15 +69,6 @@ class Persistence:
     def stats(self) -> dict[str, object]:
         extra = self.compactor.stats() if self.compactor is not None else {}
         return {"mode": "wal", **dataclasses.asdict(self.writer.statistics()), **extra}
-
-
-#: Compaction's floor (persistence.md §7: 64 MiB); the environment may lower it (tests).
-COMPACTION_FLOOR_ENV = "ALLQ_COMPACTION_FLOOR_BYTES"
-
-
-def _compaction_floor() -> int:
-    text = os.environ.get(COMPACTION_FLOOR_ENV, "")
-    return int(text) if text.isdigit() else DEFAULT_FLOOR_BYTES
 
 
 @asynccontextmanager
@@ -128,7 +119,7 @@ async def open_persistence(
             config=config.engine,
             server_id=recovered.server_id or config.engine.server_id,
             version=__version__,
-            floor_bytes=_compaction_floor(),
+            floor_bytes=config.compaction_floor_bytes,
         )
         holder.append(Persistence(directory, writer, None, compactor, recovered.repaired))
         yield holder[0], recovered

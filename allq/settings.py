@@ -267,6 +267,15 @@ SETTINGS: tuple[Setting, ...] = (
         high=2**40,
     ),
     _s("server", "repair", "bool", False, "quarantine corrupt log records and start"),
+    _s(
+        "server",
+        "compaction_floor_bytes",
+        "int",
+        64 * 1024 * 1024,
+        "compact once files exceed max(this, 3 x live data)",
+        low=4096,
+        high=2**50,
+    ),
     *(_s("server", n, k, d, h) for n, k, d, h in _LOGGING),
     # -- allq gateway -----------------------------------------------------------------------
     _s("gateway", "host", "str", "127.0.0.1", "REST address (loopback unless told otherwise)"),

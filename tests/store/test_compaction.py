@@ -348,7 +348,7 @@ async def test_compactor_failure_logs_error_and_backs_off(
 
 
 async def test_a_real_server_compacts_under_load_and_restarts_with_the_same_jobs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     from allq.wire.keyfiles import keygen
     from tests.helpers.processes import AllqProcess, server_args
@@ -356,8 +356,8 @@ async def test_a_real_server_compacts_under_load_and_restarts_with_the_same_jobs
 
     keygen(tmp_path / "keys", clients=1, force=False)
     keys, data = tmp_path / "keys", tmp_path / "data"
-    monkeypatch.setenv("ALLQ_COMPACTION_FLOOR_BYTES", "30000")
-    extra = ("--data-dir", str(data), "--segment-bytes", "8192", "--sync", "always")
+    extra = ("--data-dir", str(data), "--segment-bytes", "8192", "--sync", "always",
+             "--compaction-floor-bytes", "30000")  # fmt: skip
     server = AllqProcess(tmp_path / "a.log", *server_args(keys, "p1"), *extra)
     try:
         async with client_of(keys, server) as client:
