@@ -217,13 +217,13 @@ def restore(engine: Engine, changes: Iterable[Change]) -> int:
         if kind == "put":
             if change["id"] in engine.jobs:
                 raise RestoreError(f"duplicate put of job {change['id']}")
-            engine.restore_job(_job_from(change), change)
+            _restore_job(engine, _job_from(change), change)
         elif kind in ("state", "count", "delete"):
             job = engine.jobs.get(change["id"])
             if job is None:
                 orphans += 1
             elif kind == "state":
-                engine.restore_state(job, change)
+                _restore_state(engine, job, change)
             elif kind == "count":
                 _restore_count(job, change)
             else:
@@ -240,15 +240,107 @@ def restore(engine: Engine, changes: Iterable[Change]) -> int:
                 ]:
                     engine._detach(job)
         elif kind == "tube":
-            engine.restore_tube(change)
+            _restore_tube(engine, change)
         elif kind == "idem":
             engine.restore_key(change["key"], change["id"], change["first_seen"])
         elif kind == "meta":
             engine.restore_sequences(change.get("seqs", {}))
         elif kind != "end":
             raise RestoreError(f"unknown change type {kind!r}")
-    engine.finish_restore()
+    _finish_restore(engine)
     return orphans
+
+
+def _tube(engine: Engine, name: str) -> Tube:
+    """The tube `name`, made if absent (recovery is not bound by max_tubes)."""
+    tube = engine.tubes.get(name)
+    if tube is None:
+        tube = engine.tubes[name] = Tube(name, fair=engine._is_fair(name), now=engine.now)
+    return tube
+
+
+def _restore_job(engine: Engine, job: Job, change: dict[str, Any]) -> None:
+    """Place a job from a `put` change, in its logged state, without any queue logic."""
+    tube = _tube(engine, job.tube)
+    if job.state not in (JobState.DELAYED, JobState.WAITING):
+        engine._put_seq += 1
+        job.put_seq = engine._put_seq
+    engine.jobs[job.id] = job
+    tube.shard_enter(job)
+    _place(engine, job, change)
+    if job.idempotency_key is not None:
+        engine.restore_key(job.idempotency_key, job.id, job.created_at)
+
+
+def _restore_state(engine: Engine, job: Job, change: dict[str, Any]) -> None:
+    """Move a job to the state of a `state` change (and its counters, priority)."""
+    tube = engine._tube_of(job)
+    state = job.state
+    if state is JobState.READY:
+        tube.remove_ready(job)
+    elif state is JobState.DELAYED:
+        tube.delayed.remove(job)
+    elif state is JobState.BURIED:
+        del tube.buried[job]
+    elif state is JobState.WAITING:
+        tube.waiting.remove(job)
+    job.priority = change["priority"]
+    job.state = JobState(change["state"])
+    for name in COUNTERS:
+        setattr(job, name, change[name])
+    _place(engine, job, change)
+
+
+def _place(engine: Engine, job: Job, change: dict[str, Any]) -> None:
+    tube = engine._tube_of(job)
+    seq = int(change["seq"])
+    state = job.state
+    if state is JobState.READY:
+        job.ready_seq = seq
+        job.ready_since = change["ready_since"]
+        engine._ready_seq = max(engine._ready_seq, seq)
+        tube.add_ready(job)
+    elif state is JobState.DELAYED:
+        job.due_at = change["due_at"]
+        job.put_seq = seq
+        engine._put_seq = max(engine._put_seq, seq)
+        tube.delayed.push(job, (job.due_at, seq))
+    elif state is JobState.BURIED:
+        job.buried_at = change["buried_at"]
+        job.buried_seq = seq
+        engine._bury_seq = max(engine._bury_seq, seq)
+        tube.buried[job] = None
+    elif state is JobState.WAITING:
+        assert job.parent is not None
+        job.put_seq = seq
+        engine._put_seq = max(engine._put_seq, seq)
+        tube.waiting.push(job, (job.parent.timeout_at, seq))
+    else:
+        raise ValueError(f"a job cannot be restored as {state.value}")
+    engine._touched.add(tube.name)
+
+
+def _restore_tube(engine: Engine, change: dict[str, Any]) -> None:
+    name = change["tube"]
+    tube = _tube(engine, name)
+    tube.paused = bool(change["paused"])
+    tube.pause_until = change["pause_until"]
+    tps = change["throttle_tps"]
+    tube.set_throttle(None if tps is None else float(tps), engine.now)  # bucket full
+    tube.draining = bool(change["draining"])
+    tube.shard_limit = change["shard_reservation_limit"]
+    engine._touched.add(name)
+
+
+def _finish_restore(engine: Engine) -> None:
+    """After replay: buried jobs in `buried_at` order, timers and GC state recomputed."""
+    for tube in engine.tubes.values():
+        if len(tube.buried) > 1:
+            ordered = sorted(tube.buried, key=lambda job: job.buried_seq)
+            tube.buried = dict.fromkeys(ordered)
+        engine._touched.add(tube.name)
+    engine._settle(engine.now)
+    engine.take_effects()
 
 
 def _job_from(change: Change) -> Job:

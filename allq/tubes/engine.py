@@ -26,7 +26,6 @@ import base64
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from allq import __version__
 from allq.errors import (
@@ -693,80 +692,6 @@ class Engine:
 
     # ================================================================== restore (recovery)
 
-    def restore_job(self, job: Job, change: dict[str, Any]) -> None:
-        """Place a job from a `put` change, in its logged state, without any queue logic."""
-        tube = self.tubes.get(job.tube)
-        if tube is None:
-            tube = self.tubes[job.tube] = Tube(job.tube, fair=self._is_fair(job.tube), now=self.now)
-        if job.state not in (JobState.DELAYED, JobState.WAITING):
-            self._put_seq += 1
-            job.put_seq = self._put_seq
-        self.jobs[job.id] = job
-        tube.shard_enter(job)
-        self._place(job, change)
-        if job.idempotency_key is not None:
-            self.restore_key(job.idempotency_key, job.id, job.created_at)
-
-    def restore_state(self, job: Job, change: dict[str, Any]) -> None:
-        """Move a job to the state of a `state` change (and its counters, priority)."""
-        tube = self._tube_of(job)
-        state = job.state
-        if state is JobState.READY:
-            tube.remove_ready(job)
-        elif state is JobState.DELAYED:
-            tube.delayed.remove(job)
-        elif state is JobState.BURIED:
-            del tube.buried[job]
-        elif state is JobState.WAITING:
-            tube.waiting.remove(job)
-        job.priority = change["priority"]
-        job.state = JobState(change["state"])
-        for name in ("reserves", "timeouts", "releases", "buries", "kicks",
-                     "timeouts_since_kick", "releases_since_kick"):  # fmt: skip
-            setattr(job, name, change[name])
-        self._place(job, change)
-
-    def _place(self, job: Job, change: dict[str, Any]) -> None:
-        tube = self._tube_of(job)
-        seq = int(change["seq"])
-        state = job.state
-        if state is JobState.READY:
-            job.ready_seq = seq
-            job.ready_since = change["ready_since"]
-            self._ready_seq = max(self._ready_seq, seq)
-            tube.add_ready(job)
-        elif state is JobState.DELAYED:
-            job.due_at = change["due_at"]
-            job.put_seq = seq
-            self._put_seq = max(self._put_seq, seq)
-            tube.delayed.push(job, (job.due_at, seq))
-        elif state is JobState.BURIED:
-            job.buried_at = change["buried_at"]
-            job.buried_seq = seq
-            self._bury_seq = max(self._bury_seq, seq)
-            tube.buried[job] = None
-        elif state is JobState.WAITING:
-            assert job.parent is not None
-            job.put_seq = seq
-            self._put_seq = max(self._put_seq, seq)
-            tube.waiting.push(job, (job.parent.timeout_at, seq))
-        else:
-            raise ValueError(f"a job cannot be restored as {state.value}")
-        self._touched.add(tube.name)
-
-    def restore_tube(self, change: dict[str, Any]) -> None:
-        name = change["tube"]
-        tube = self.tubes.get(name)
-        if tube is None:
-            tube = self.tubes[name] = Tube(name, fair=self._is_fair(name), now=self.now)
-        tube.paused = bool(change["paused"])
-        tube.pause_until = change["pause_until"]
-        tps = change["throttle_tps"]
-        tube.set_throttle(None if tps is None else float(tps), self.now)  # bucket full
-        tube.draining = bool(change["draining"])
-        tube.shard_limit = change["shard_reservation_limit"]
-        self._touched.add(name)
-
     def restore_key(self, key: str, job_id: str, first_seen: float) -> None:
         if first_seen + self.config.dedup_window > self.now:
             self._remember_key(key, job_id, first_seen)
@@ -782,16 +707,6 @@ class Engine:
 
     def key_records(self) -> list[tuple[str, KeyRecord]]:
         return list(self._keys.items())
-
-    def finish_restore(self) -> None:
-        """After replay: buried jobs in `buried_at` order, timers and GC state recomputed."""
-        for tube in self.tubes.values():
-            if len(tube.buried) > 1:
-                ordered = sorted(tube.buried, key=lambda job: job.buried_seq)
-                tube.buried = dict.fromkeys(ordered)
-            self._touched.add(tube.name)
-        self._settle(self.now)
-        self.take_effects()
 
     # ================================================================== invariants (§20)
 
