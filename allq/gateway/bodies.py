@@ -33,13 +33,13 @@ from allq.tubes.validate import (
     MAX_BATCH,
     MAX_RESERVE_COUNT,
     MAX_RESERVE_TIMEOUT,
-    MAX_RESERVE_TUBES,
     boolean,
     duration,
     integer,
     is_number,
     lease,
     shard_key,
+    tube_list,
     tube_name,
 )
 
@@ -159,15 +159,7 @@ def check_tube(v: object, f: str) -> str:
 
 
 def check_tubes(v: object, f: str) -> object:
-    if not isinstance(v, list):
-        raise BadFormat(f"{f} must be a list of tube names", field=f)
-    if len(v) > 10 * MAX_RESERVE_TUBES:
-        raise BadFormat(f"{f} has {len(v)} entries; at most {MAX_RESERVE_TUBES} tubes", field=f)
-    names = [tube_name(name, f"{f}[{i}]") for i, name in enumerate(v)]
-    unique = list(dict.fromkeys(names))
-    if not 1 <= len(unique) <= MAX_RESERVE_TUBES:
-        raise BadFormat(f"{f} must name 1 … {MAX_RESERVE_TUBES} distinct tubes", field=f)
-    return unique
+    return tube_list(v, f)
 
 
 def check_count(v: object, f: str) -> object:

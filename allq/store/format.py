@@ -25,6 +25,7 @@ from typing import Final, cast
 import cbor2
 
 from allq.tubes.config import SERVER_ID_RE
+from allq.tubes.job import COUNTERS
 from allq.tubes.validate import IDEMPOTENCY_KEY_RE, LOCAL_ID_RE, TUBE_NAME_RE
 from allq.wire.codec import _check_value, decode_item
 
@@ -196,15 +197,6 @@ _TUBE: Final = _matches(TUBE_NAME_RE)
 _COUNT: Final = _is_int()
 _U32_CHECK: Final = _is_int(0, U32_MAX)
 
-COUNTERS: Final = (
-    "reserves",
-    "timeouts",
-    "releases",
-    "buries",
-    "kicks",
-    "timeouts_since_kick",
-    "releases_since_kick",
-)
 STATE_TIMES: Final = {"ready": "ready_since", "delayed": "due_at", "buried": "buried_at"}
 JOB_STATES: Final = ("ready", "delayed", "buried", "waiting")
 

@@ -18,22 +18,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from allq.tubes.job import Job, JobState, ParentInfo
+from allq.tubes.job import COUNTERS, Job, JobState, ParentInfo
 from allq.tubes.tube import Tube
 
 if TYPE_CHECKING:
     from allq.tubes.engine import Engine
 
 Change = dict[str, Any]
-COUNTERS = (
-    "reserves",
-    "timeouts",
-    "releases",
-    "buries",
-    "kicks",
-    "timeouts_since_kick",
-    "releases_since_kick",
-)
 _PARENT_FIELDS = ("timeout", "timeout_at", "run_on_timeout", "limit", "noop", "on_child_failure")
 _CHILD_COUNTS = ("children_started", "children_completed", "children_failed")
 

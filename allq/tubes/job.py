@@ -9,6 +9,17 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+#: The job counters of semantics.md §5.3, in the order the log and the views use.
+COUNTERS = (
+    "reserves",
+    "timeouts",
+    "releases",
+    "buries",
+    "kicks",
+    "timeouts_since_kick",
+    "releases_since_kick",
+)
+
 
 class JobState(enum.Enum):
     READY = "ready"

@@ -210,7 +210,8 @@ def _on_child_failure(v: object, f: str, c: Context) -> object:
     return v
 
 
-def _tubes(v: object, f: str, c: Context) -> object:
+def tube_list(v: object, f: str) -> list[str]:
+    """A reserve's `tubes`: 1 … 100 distinct valid names (duplicates dropped, order kept)."""
     if not isinstance(v, list):
         raise BadFormat(f"{f} must be a list of tube names", field=f)
     if len(v) > 10 * MAX_RESERVE_TUBES:
@@ -220,6 +221,10 @@ def _tubes(v: object, f: str, c: Context) -> object:
     if not 1 <= len(unique) <= MAX_RESERVE_TUBES:
         raise BadFormat(f"{f} must name 1 … {MAX_RESERVE_TUBES} distinct tubes", field=f)
     return unique
+
+
+def _tubes(v: object, f: str, c: Context) -> object:
+    return tube_list(v, f)
 
 
 def _count(v: object, f: str, c: Context) -> object:
