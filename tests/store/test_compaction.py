@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from allq.store.compaction import CompactionError, Compactor, compact
 from allq.store.format import TMP_SUFFIX, log_name, parse_name, snap_name
@@ -332,7 +333,10 @@ async def test_compactor_failure_logs_error_and_backs_off(
     async with await open_writer(storage, recorder) as writer:
         await churn(writer, recorder, rng, 100)
         compactor = Compactor(storage, writer, config=CONFIG, server_id="s1", version="t")
-        await writer.close_segment()  # so the next create is the snapshot's .tmp
+        await writer.close_segment()
+        # Let the writer's preparer finish any next segment (its create would otherwise
+        # take the injected fault): the next create is then the snapshot's .tmp.
+        await trio.testing.wait_all_tasks_blocked()
         storage.fail_create(1)
         assert await compactor.compact_now() is None
         assert compactor.failed
