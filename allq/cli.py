@@ -141,6 +141,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
             segment_bytes=values["segment_bytes"],
             repair=values["repair"],
             compaction_floor_bytes=values["compaction_floor_bytes"],
+            min_free_bytes=values["min_free_bytes"],
         )
         load_server_keys(config)  # fail before binding, with the file named
     except (ConfigError, AllQError) as exc:

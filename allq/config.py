@@ -46,6 +46,7 @@ class ServerConfig:
     segment_bytes: int = 64 * 1024 * 1024
     repair: bool = False
     compaction_floor_bytes: int = 64 * 1024 * 1024
+    min_free_bytes: int = 256 * 1024 * 1024
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +65,7 @@ class Persistence:
     engine: Engine | None = None
     compactor: Compactor | None = None
     compact_at_start: bool = False
+    free_bytes: Callable[[], int] = lambda: 2**63
 
     def stats(self) -> dict[str, object]:
         extra = self.compactor.stats() if self.compactor is not None else {}
@@ -121,7 +122,9 @@ async def open_persistence(
             version=__version__,
             floor_bytes=config.compaction_floor_bytes,
         )
-        holder.append(Persistence(directory, writer, None, compactor, recovered.repaired))
+        holder.append(
+            Persistence(directory, writer, None, compactor, recovered.repaired, storage.free_bytes)
+        )
         yield holder[0], recovered
 
 
@@ -188,6 +191,8 @@ async def _serve_process(
     if persistence is not None:
         persistence.engine = engine
         shell.journal = persistence.writer
+        shell.free_space = persistence.free_bytes
+        shell.min_free_bytes = config.min_free_bytes
     own_signals = shutdown is None
     if shutdown is None:
         shutdown = ShutdownState(grace_s=config.graceful_s)

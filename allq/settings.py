@@ -269,6 +269,15 @@ SETTINGS: tuple[Setting, ...] = (
     _s("server", "repair", "bool", False, "quarantine corrupt log records and start"),
     _s(
         "server",
+        "min_free_bytes",
+        "int",
+        256 * 1024 * 1024,
+        "refuse new jobs below this free disk space",
+        low=0,
+        high=2**50,
+    ),
+    _s(
+        "server",
         "compaction_floor_bytes",
         "int",
         64 * 1024 * 1024,

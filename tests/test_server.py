@@ -289,3 +289,29 @@ async def test_in_flight_limit_stops_reading_until_answers_drain(
         assert trio.current_time() - start == pytest.approx(10)
         assert client.order[0] == first  # the reserve's TIMED_OUT went out before the ping
         await client.aclose()
+
+
+async def test_low_disk_space_refuses_new_jobs_only(autojump_clock: trio.testing.MockClock) -> None:
+    """persistence.md §9: below the floor, puts get SERVER_FULL "disk space low" after every
+    other check; done, delete and duplicates keep working; checked at most once a second."""
+    async with memory_server() as server:
+        free = [10**9]
+        server.shell.free_space = lambda: free[0]
+        server.shell.min_free_bytes = 1000
+        client = await server.client()
+        first = await client.result("put", tube="t", idempotency_key="k1")
+        job = (await client.result("reserve", tubes=["t"]))[0]
+        free[0] = 10
+        await trio.sleep(1.0)  # the next check is due
+        refused = await client.call("put", tube="t", body=b"x")
+        assert (refused["error"], refused["message"]) == ("SERVER_FULL", "disk space low")
+        bad = await client.call("put", tube="-bad")
+        assert bad["error"] == "BAD_TUBE"  # validation still comes first
+        duplicate = await client.result("put", tube="t", idempotency_key="k1")
+        assert (duplicate["id"], duplicate["duplicate"]) == (first["id"], True)
+        assert await client.result("done", job_id=job["id"], lease=job["lease"]) == {}
+        free[0] = 10**9
+        assert (await client.call("put", tube="t"))["error"] == "SERVER_FULL"  # not re-read yet
+        await trio.sleep(1.0)
+        assert (await client.result("put", tube="t"))["state"] == "ready"
+        await client.aclose()

@@ -120,6 +120,9 @@ class Engine:
         self._effects: list[Effect] = []
         self.ops: dict[str, int] = {}
         self.errors: dict[str, int] = {}
+        #: Set by the shell to refuse new jobs with SERVER_FULL and this reason (a capacity
+        #: check after every other check of §13.3), e.g. while disk space is low.
+        self.refuse_new_jobs: str | None = None
         #: Figures only the shell knows (connections, persistence), merged into `stats`.
         self.extra_stats: Callable[[], dict[str, object]] | None = None
         from allq.tubes.workflow import Workflows  # cycle: workflow uses Engine's types

@@ -75,6 +75,8 @@ def _put(
     engine._check_tube_capacity(name)
     if 0 < engine.config.max_jobs <= len(engine.jobs):
         raise ServerFull(f"the server holds max_jobs = {engine.config.max_jobs} live jobs")
+    if engine.refuse_new_jobs is not None:  # e.g. "disk space low" (persistence.md §9)
+        raise ServerFull(engine.refuse_new_jobs)
     # -- no rejection past this line --
     tube = engine._tube_for_create(name, now)
     expired_limit = clean.get("expired_limit", engine.config.default_expired_limit)

@@ -33,6 +33,7 @@ from allq.tubes.events import Delivered, Effect, Waiting, WaitTimedOut
 
 log = logging.getLogger(__name__)
 
+_PUT_OPS = frozenset({"put", "put_batch", "put_parent"})
 #: Operations that change nothing: still served after a log write failed (persistence.md §9).
 READ_ONLY_OPS = frozenset(
     {"ping", "peek", "peek_ready", "peek_delayed", "peek_buried", "stats", "stats_job",
@@ -93,6 +94,11 @@ class EngineShell:
         self.unreserved_on_gone = 0  # jobs given back because their waiter went away
         #: The persistence log (None: memory only). Changes are appended before answers.
         self.journal: Journal | None = None
+        #: Free bytes of the log's file system, and the floor below which new jobs are
+        #: refused with SERVER_FULL "disk space low" (checked at most once a second).
+        self.free_space: Callable[[], int] | None = None
+        self.min_free_bytes = 0
+        self._space_checked_at = -math.inf
         self.written_position: int | None = None  # end of the last call's record, if any
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -134,6 +140,8 @@ class EngineShell:
         if journal is not None and journal.write_failed and op not in READ_ONLY_OPS:
             raise Internal("persistence failed; restart required")
         self.written_position = None
+        if op in _PUT_OPS:
+            self._check_space()
         try:
             result = self.engine.handle(op, args, self.clock.now())
         finally:
@@ -142,6 +150,27 @@ class EngineShell:
         if failed:
             raise Internal("persistence failed: the change could not be written; restart required")
         return result
+
+    def _check_space(self) -> None:
+        if self.free_space is None or trio.current_time() - self._space_checked_at < 1.0:
+            return
+        self._space_checked_at = trio.current_time()
+        try:
+            free = self.free_space()
+        except OSError as error:
+            log.warning("cannot read free disk space: %s", error)
+            return
+        low = free < self.min_free_bytes
+        if low and self.engine.refuse_new_jobs is None:
+            log.warning(
+                "disk space low (%d bytes free, floor %d): new jobs are refused with SERVER_FULL",
+                free,
+                self.min_free_bytes,
+            )
+            self.engine.refuse_new_jobs = "disk space low"
+        elif not low and self.engine.refuse_new_jobs is not None:
+            log.info("disk space back above the floor: new jobs are accepted again")
+            self.engine.refuse_new_jobs = None
 
     async def durable(self, position: int) -> None:
         """Wait until the record ending at `position` is as safe as the sync mode promises."""
