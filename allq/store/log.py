@@ -317,13 +317,18 @@ class LogWriter:
         assert segment is not None
         target = self._written
         started = self._sync_started()
+        if await self._fdatasync(segment):
+            self._sync_finished(target, started)
+
+    async def _fdatasync(self, segment: _Segment) -> bool:
+        """fdatasync `segment` in a worker thread; on failure the writer is write-failed."""
         try:
             await self._to_thread(self._storage.fdatasync, segment.handle)
         except OSError as exc:
             self._sync_in_flight = False
             self._fail(f"fdatasync of {self._storage.describe(segment.name)} failed: {exc}")
-            return
-        self._sync_finished(target, started)
+            return False
+        return True
 
     def _create_segment(self, name: str, data: bytes) -> int:
         """Worker thread: create `name` holding `data`, durable with its directory entry."""
@@ -376,11 +381,7 @@ class LogWriter:
             return
         target = self._written
         started = self._sync_started()
-        try:
-            await self._to_thread(self._storage.fdatasync, old.handle)
-        except OSError as exc:
-            self._sync_in_flight = False
-            self._fail(f"fdatasync of {self._storage.describe(old.name)} failed: {exc}")
+        if not await self._fdatasync(old):
             return
         self._close_handle(old)
         self._active, self._next = new, None
