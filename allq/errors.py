@@ -7,7 +7,7 @@ path that names it (``priority``, ``jobs[3].ttr``). Codes never change meaning.
 
 from __future__ import annotations
 
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 #: Every stable code, with the HTTP status the gateway maps it to.
 HTTP_STATUS: Final[dict[str, int]] = {
@@ -142,6 +142,21 @@ _BY_CODE: Final[dict[str, type[AllQError]]] = {
         ShuttingDown,
     )
 }
+
+
+def renumber_item_error(error: dict[str, Any], position: int, index: int) -> dict[str, Any]:
+    """A batch item's error record (`{code, message, field?}`) as item `index` of another
+    batch: a field path `jobs[position]…` becomes `jobs[index]…` and a bare field `f`
+    becomes `jobs[index].f`. Used wherever a batch is split and its answers put back."""
+    field = error.get("field")
+    if not isinstance(field, str):
+        return error
+    own = f"jobs[{position}]"
+    if field.startswith(own):
+        field = f"jobs[{index}]" + field[len(own) :]
+    elif not field.startswith("jobs["):
+        field = f"jobs[{index}].{field}"
+    return {**error, "field": field}
 
 
 def error_from_code(code: str, message: str, field: str | None = None) -> AllQError:

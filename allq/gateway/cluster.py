@@ -34,7 +34,7 @@ from typing import Any
 
 import trio
 
-from allq.errors import AllQError, BadFormat, Draining, NotFound, TimedOut
+from allq.errors import AllQError, BadFormat, Draining, NotFound, TimedOut, renumber_item_error
 from allq.gateway.errors import NoServer
 from allq.gateway.health import Health, HealthBook, HealthPolicy, Transition
 from allq.gateway.links import LinkSettings, ServerAddress, ServerLink
@@ -255,7 +255,7 @@ class Gateway:
                 return
             for position, (index, answer) in enumerate(zip(indexes, answers, strict=True)):
                 if "error" in answer:
-                    answer["error"] = _renumber(answer["error"], position, index)
+                    answer["error"] = renumber_item_error(answer["error"], position, index)
                     results[index] = answer
                 else:
                     results[index] = self._full_id(link, answer)
@@ -666,14 +666,6 @@ def _error_record(error: AllQError, prefix: str = "") -> dict[str, Any]:
     if error.field is not None:
         record["field"] = error.field if error.field.startswith(prefix) else prefix + error.field
     return record
-
-
-def _renumber(error: dict[str, Any], position: int, index: int) -> dict[str, Any]:
-    """A server's `jobs[position].x` field path becomes the request's `jobs[index].x`."""
-    field_path = error.get("field")
-    if isinstance(field_path, str) and field_path.startswith(f"jobs[{position}]"):
-        error = {**error, "field": f"jobs[{index}]" + field_path[len(f"jobs[{position}]") :]}
-    return error
 
 
 @asynccontextmanager

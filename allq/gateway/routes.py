@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol
 
 from quart import Response
 
-from allq.errors import AllQError, BadFormat, NotFound, TimedOut
+from allq.errors import AllQError, BadFormat, NotFound, TimedOut, renumber_item_error
 from allq.gateway import bodies as b
 from allq.gateway.bodies import Body, Field, QueryField, Reply, Schema
 from allq.gateway.core import GatewayCore, JobView
@@ -357,15 +357,9 @@ def _obj(*required: str) -> Schema:
 def _remap_item_error(result: dict[str, Any], position: int, index: int) -> dict[str, Any]:
     """The core numbered batch items among those it got; give the request's index back."""
     error = result.get("error")
-    if not isinstance(error, dict) or not isinstance(error.get("field"), str):
+    if not isinstance(error, dict):
         return result
-    fld: str = error["field"]
-    own = f"jobs[{position}]"
-    if fld.startswith(own):
-        fld = f"jobs[{index}]" + fld[len(own) :]
-    elif not fld.startswith("jobs["):
-        fld = f"jobs[{index}].{fld}"
-    return {**result, "error": {**error, "field": fld}}
+    return {**result, "error": renumber_item_error(error, position, index)}
 
 
 async def put_jobs(call: Call) -> Reply:
