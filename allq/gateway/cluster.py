@@ -662,9 +662,11 @@ def _throttle_call(tube: str, share: float) -> Callable[[ServerLink], Awaitable[
 
 
 def _error_record(error: AllQError, prefix: str = "") -> dict[str, Any]:
-    record: dict[str, Any] = {"code": error.code, "message": error.message}
-    if error.field is not None:
-        record["field"] = error.field if error.field.startswith(prefix) else prefix + error.field
+    """`error.to_record()` with its field under `prefix` (e.g. `jobs[3].`)."""
+    record: dict[str, Any] = error.to_record()
+    field = record.get("field")
+    if field is not None and not field.startswith(prefix):
+        record["field"] = prefix + field
     return record
 
 
