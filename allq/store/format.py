@@ -6,28 +6,39 @@ bytes holding a CBOR array of change maps. `scan` walks a file's bytes, returns 
 records and the first problem with the facts §6.4 needs to call it a torn tail, a torn
 creation or corruption (`Problem.verdict`).
 
-Payloads are decoded with the strict rules of wire.md §4 (`allq.wire.codec`'s), then each
-change is validated against the field set of its type `t` (§4). `encode_record` runs the
-same validation, so the log never holds a change the next start would refuse.
+Payloads are decoded with the strict rules of wire.md §4 (the decoder options of
+`allq.wire.codec`: no tags, definite lengths, no duplicate keys, depth ≤ 8, strict UTF-8,
+nothing after the item), then each change is validated against the field set of its type
+`t` (§4). `encode_record` runs the same validation, so the log never holds a change the next
+start would refuse.
+
+Recovery speed (performance.md B8): `scan` decodes every record of a file with one
+`cbor2.CBORDecoder` over the file's bytes (no per-record decoder, no Python re-walk of the
+decoded value: the per-change validation checks the type of every value, which covers the
+allowed-types walk of the wire codec), and validates plain `put`, `state` and `delete`
+changes with straight-line checks (`_Reader.fast_valid`); anything those do not prove valid
+goes through `validate_change`, which names the problem.
 """
 
 from __future__ import annotations
 
 import enum
+import io
 import math
 import re
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, cast
+from operator import itemgetter
+from typing import Any, Final, cast
 
 import cbor2
 
 from allq.tubes.config import SERVER_ID_RE
 from allq.tubes.job import COUNTERS
 from allq.tubes.validate import IDEMPOTENCY_KEY_RE, LOCAL_ID_RE, TUBE_NAME_RE
-from allq.wire.codec import _check_value, decode_item
+from allq.wire.codec import _NO_TAGS, MAX_DEPTH, _check_value, _tag_hook
 
 MAGIC: Final = b"ALQLOG\r\n"
 FORMAT_VERSION: Final = 1
@@ -114,6 +125,16 @@ def decode_header(data: bytes) -> FileHeader:
 
 # --- strict CBOR (wire.md §4) for arrays ------------------------------------------------
 
+_STRICT: Final[dict[str, Any]] = {
+    "tag_hook": _tag_hook,
+    "semantic_decoders": _NO_TAGS,
+    "str_errors": "strict",
+    "max_depth": MAX_DEPTH,
+    "allow_indefinite": False,
+    "allow_duplicate_keys": False,
+    "strict_hashable_types": True,
+}
+
 
 def decode_payload(payload: bytes) -> list[Change]:
     """A record payload: one CBOR array of one or more maps, strictly decoded and validated.
@@ -121,17 +142,7 @@ def decode_payload(payload: bytes) -> list[Change]:
     Raises:
         FormatError: invalid CBOR, a disallowed type, not an array of maps, an invalid change.
     """
-    value = decode_item(payload, FormatError)
-    if not isinstance(value, list) or not value:
-        raise FormatError("the payload is not a non-empty CBOR array")
-    for index, change in enumerate(value):
-        if not isinstance(change, dict):
-            raise FormatError(f"change {index} is not a map")
-        try:
-            validate_change(change)
-        except FormatError as exc:
-            raise FormatError(f"change {index}: {exc}") from None
-    return value
+    return _Reader(payload).decode(0, len(payload))
 
 
 def encode_record(changes: Sequence[Mapping[str, object]]) -> bytes:
@@ -231,7 +242,7 @@ _PARENT: Final[dict[str, Check]] = {
 }
 _STATE: Final[dict[str, Check]] = {
     "id": _ID,
-    "state": lambda v: v in STATE_TIMES,
+    "state": lambda v: isinstance(v, str) and v in STATE_TIMES,
     "priority": _U32_CHECK,
     "seq": _COUNT,
     **dict.fromkeys(COUNTERS, _COUNT),
@@ -300,6 +311,8 @@ def validate_change(change: Mapping[str, object]) -> None:
     for key, value in change.items():
         if key == "t":
             continue
+        if not isinstance(key, str):
+            raise FormatError(f"{kind}: map keys must be text strings")
         check = required.get(key) or optional.get(key)
         if check is None:
             raise FormatError(f"{kind}: unexpected field {key!r}")
@@ -308,6 +321,143 @@ def validate_change(change: Mapping[str, object]) -> None:
     for key in required:
         if key not in change:
             raise FormatError(f"{kind}: missing field {key!r}")
+
+
+# --- fast decoding and validation of a file's records -----------------------------------
+
+_PUT_KEYS: Final = {
+    state: frozenset({"t", *_JOB_REQUIRED, time}) for state, time in STATE_TIMES.items()
+}
+_STATE_KEYS: Final = {state: frozenset({"t", *_STATE, time}) for state, time in STATE_TIMES.items()}
+_DELETE_KEYS: Final = frozenset({"t", "id"})
+_PUT_COUNTS: Final = itemgetter("expired_limit", "max_releases", "seq", *COUNTERS)
+_STATE_COUNTS: Final = itemgetter("seq", *COUNTERS)
+_INT_ONLY: Final = frozenset({int})
+_id_match: Final = LOCAL_ID_RE.fullmatch
+_tube_match: Final = TUBE_NAME_RE.fullmatch
+_key_match: Final = IDEMPOTENCY_KEY_RE.fullmatch
+_isfinite: Final = math.isfinite
+
+
+def _counts_ok(values: tuple[Any, ...]) -> bool:
+    """Every value an int in [0, 2**64 - 1] (bools excluded)."""
+    return set(map(type, values)) == _INT_ONLY and min(values) >= 0 and max(values) <= U64_MAX
+
+
+def _number_ok(value: Any) -> bool:
+    kind = type(value)
+    return kind is int or (kind is float and _isfinite(value))
+
+
+class _Reader:
+    """Strict decoding and validation of the records of one file's bytes.
+
+    One `cbor2.CBORDecoder` reads every record (`decode(start, end)` seeks to the payload and
+    refuses an item that does not end exactly at `end`); `fast_valid` remembers the tube
+    names it already checked.
+    """
+
+    __slots__ = ("_decoder", "_fp", "_tubes")
+
+    def __init__(self, data: bytes) -> None:
+        self._fp = io.BytesIO(data)
+        self._decoder = cbor2.CBORDecoder(self._fp, **_STRICT)
+        self._tubes: set[str] = set()
+
+    def decode(self, start: int, end: int) -> list[Change]:
+        """The validated changes of the payload `data[start:end]`.
+
+        Raises:
+            FormatError: invalid CBOR, a disallowed type, not an array of maps, an invalid
+                change.
+        """
+        fp = self._fp
+        fp.seek(start)
+        try:
+            value = self._decoder.decode()
+        except Exception as exc:  # cbor2 raises CBORDecodeError, EOF, ValueError, MemoryError …
+            raise FormatError(f"invalid CBOR: {exc}") from None
+        if fp.tell() != end:
+            if fp.tell() < end:
+                raise FormatError("trailing bytes after the CBOR item")
+            raise FormatError("invalid CBOR: the item runs past the end of the record")
+        if type(value) is not list or not value:
+            raise FormatError("the payload is not a non-empty CBOR array")
+        for index, change in enumerate(value):
+            if type(change) is not dict:
+                raise FormatError(f"change {index} is not a map")
+            if self.fast_valid(change):
+                continue
+            try:
+                validate_change(change)
+            except FormatError as exc:
+                raise FormatError(f"change {index}: {exc}") from None
+        return value
+
+    def fast_valid(self, change: dict[str, Any]) -> bool:
+        """Whether `change` is a plain `put` (not a parent), `state` or `delete` change that
+        is certainly valid. False sends it to `validate_change`, which names the problem (or
+        accepts what these checks do not cover)."""
+        kind = change.get("t")
+        if kind == "delete":
+            return change.keys() == _DELETE_KEYS and self._id_ok(change["id"])
+        state = change.get("state")
+        if type(state) is not str:
+            return False
+        if kind == "put":
+            keys = _PUT_KEYS.get(state)
+            if keys is None:
+                return False
+            extra = 0
+            for name, matches in (
+                ("parent_id", _id_match),
+                ("shard_key", _tube_match),
+                ("idempotency_key", _key_match),
+            ):
+                if name in change:
+                    value = change[name]
+                    if type(value) is not str or matches(value) is None:
+                        return False
+                    extra += 1
+            ttr = change.get("ttr", 0)  # missing: not > 0, so validate_change reports it
+            return (
+                len(change) == len(keys) + extra
+                and change.keys() >= keys
+                and self._id_ok(change["id"])
+                and self._tube_ok(change["tube"])
+                and type(change["body"]) is bytes
+                and _number_ok(ttr)
+                and ttr > 0
+                and _number_ok(change["created_at"])
+                and _number_ok(change[STATE_TIMES[state]])
+                and _counts_ok((change["priority"], *_PUT_COUNTS(change)))
+                and change["priority"] <= U32_MAX
+            )
+        if kind == "state":
+            keys = _STATE_KEYS.get(state)
+            return (
+                keys is not None
+                and change.keys() == keys
+                and self._id_ok(change["id"])
+                and _number_ok(change[STATE_TIMES[state]])
+                and _counts_ok((change["priority"], *_STATE_COUNTS(change)))
+                and change["priority"] <= U32_MAX
+            )
+        return False
+
+    @staticmethod
+    def _id_ok(value: object) -> bool:
+        return type(value) is str and _id_match(value) is not None
+
+    def _tube_ok(self, value: object) -> bool:
+        if type(value) is not str:
+            return False
+        if value in self._tubes:
+            return True
+        if _tube_match(value) is None:
+            return False
+        self._tubes.add(value)
+        return True
 
 
 # --- scanning a file (§6.4) -------------------------------------------------------------
@@ -432,8 +582,9 @@ def scan(name: str, data: bytes) -> FileScan:
         return FileScan(name, len(data), None, [], problem)
     records: list[Record] = []
     offset = HEADER_SIZE
+    reader = _Reader(data)
     while offset < len(data):
-        item = _read_record(data, offset)
+        item = _read_record(data, offset, reader)
         if isinstance(item, Problem):
             return FileScan(name, len(data), header, records, item)
         records.append(item)
@@ -444,8 +595,9 @@ def scan(name: str, data: bytes) -> FileScan:
     return FileScan(name, len(data), header, records, None)
 
 
-def _read_record(data: bytes, offset: int) -> Record | Problem:
-    """The record at `offset`, or why it is bad."""
+def _read_record(data: bytes, offset: int, reader: _Reader) -> Record | Problem:
+    """The record at `offset`, or why it is bad. The payload is decoded only when its CRC
+    matched (so a body is only ever taken from a record whose CRC matched)."""
     size = len(data)
     remaining = size - offset
     if remaining < RECORD_HEADER_SIZE:
@@ -465,8 +617,10 @@ def _read_record(data: bytes, offset: int) -> Record | Problem:
         if fixed is not None:
             reason += f"; its CRC matches length {fixed}: the length is damaged"
         return Problem(offset, reason, fixed is None, False)
-    payload = data[offset + RECORD_HEADER_SIZE : end]
-    if crc != zlib.crc32(payload, zlib.crc32(data[offset : offset + 4])):
+    view = memoryview(data)
+    if crc != zlib.crc32(
+        view[offset + RECORD_HEADER_SIZE : end], zlib.crc32(view[offset : offset + 4])
+    ):
         torn = (
             _zero_from(data, offset)
             or (end == size and _has_zero_block(data, offset, end))
@@ -474,7 +628,7 @@ def _read_record(data: bytes, offset: int) -> Record | Problem:
         )
         return Problem(offset, "record CRC mismatch", torn, False)
     try:
-        changes = decode_payload(payload)
+        changes = reader.decode(offset + RECORD_HEADER_SIZE, end)
     except FormatError as exc:
         return Problem(offset, f"invalid record: {exc}", _zero_from(data, offset), False)
     return Record(offset, end, changes)

@@ -1,0 +1,153 @@
+"""The fast recovery paths (performance.md B8) keep every guarantee of persistence.md §4, §6.4.
+
+* `_Reader.fast_valid` never accepts a change `validate_change` refuses;
+* one decoder per file still refuses an item that runs past its record or stops short;
+* a record whose CRC failed is never decoded (its body is never served), mid-log
+  corruption is still refused with the file and offset.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from allq.store.format import (
+    HEADER_SIZE,
+    FormatError,
+    _Reader,
+    encode_record,
+    log_name,
+    scan,
+    validate_change,
+)
+from allq.store.recovery import RecoveryError, recover
+from tests.store.builders import bury, chain, delete, jid, log_bytes, parent, put, storage_with
+
+BAD_VALUES: list[Any] = [
+    None, True, False, -1, 2**32, 2**64, -(2**64), 0.5, 0.0, -0.5, float("nan"), float("inf"),
+    "", "x", "ready", "-bad", "A" * 22, b"", b"x", [], {}, [1], {"a": 1},
+]  # fmt: skip
+
+
+def _plain_changes() -> list[dict[str, Any]]:
+    delayed = {**put(4), "state": "delayed", "due_at": 5.0}
+    del delayed["ready_since"]
+    buried = {**put(5), "state": "buried", "buried_at": 5}
+    del buried["ready_since"]
+    keyed = {**put(6), "parent_id": jid(1), "shard_key": "s.1", "idempotency_key": "k!"}
+    return [put(1), put(2, tube="other", priority=0), delayed, buried, keyed, bury(3), delete(3)]
+
+
+def _refused(change: dict[str, Any]) -> bool:
+    try:
+        validate_change(change)
+    except FormatError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("change", _plain_changes(), ids=lambda c: f"{c['t']}-{c.get('state')}")
+def test_fast_path_accepts_plain_changes(change: dict[str, Any]) -> None:
+    assert _Reader(b"").fast_valid(change)
+    validate_change(change)
+
+
+@pytest.mark.parametrize("change", _plain_changes(), ids=lambda c: f"{c['t']}-{c.get('state')}")
+def test_fast_path_never_accepts_what_validation_refuses(change: dict[str, Any]) -> None:
+    reader = _Reader(b"")
+    for key in change:
+        for bad in BAD_VALUES:
+            mutated = {**change, key: bad}
+            if _refused(mutated):
+                assert not reader.fast_valid(mutated), (key, bad)
+        missing = {k: v for k, v in change.items() if k != key}
+        if _refused(missing):
+            assert not reader.fast_valid(missing), key
+        else:  # an optional field
+            assert key in ("parent_id", "shard_key", "idempotency_key")
+    for extra in ("extra", "due_at", "ready_since", "timeout", "limit", "noop"):
+        if extra not in change:
+            added = {**change, extra: 1.0}
+            assert _refused(added)
+            assert not reader.fast_valid(added), extra
+
+
+@given(
+    st.sampled_from(_plain_changes()),
+    st.text(max_size=3),
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.binary()),
+)
+def test_fast_path_is_never_laxer(change: dict[str, Any], key: str, value: object) -> None:
+    mutated = {**change, key: value}
+    if _Reader(b"").fast_valid(mutated):
+        validate_change(mutated)
+
+
+def test_parents_go_through_full_validation() -> None:
+    change = parent(1)
+    assert not _Reader(b"").fast_valid(change)
+    validate_change(change)
+
+
+def test_tube_cache_does_not_let_a_bad_name_through() -> None:
+    reader = _Reader(b"")
+    assert reader.fast_valid(put(1, tube="good"))
+    assert reader.fast_valid(put(2, tube="good"))
+    assert not reader.fast_valid(put(3, tube="-bad"))
+
+
+def _raw_record(payload: bytes) -> bytes:
+    length = struct.pack(">I", len(payload))
+    return length + struct.pack(">I", zlib.crc32(payload, zlib.crc32(length))) + payload
+
+
+def test_an_item_running_past_its_record_is_refused() -> None:
+    """The decoder reads the whole file: a CRC-valid record whose CBOR claims more bytes
+    than its payload must not borrow them from the next record."""
+    full = cbor2.dumps([put(1)])
+    cut = full[:-10]  # the body's byte string now runs past the payload
+    data = log_bytes(1, 0, []) + _raw_record(cut) + encode_record([put(2)]) + b"\0" * 64
+    item = scan(log_name(1), data)
+    assert item.problem is not None
+    assert "invalid CBOR" in item.problem.reason
+    assert len(item.records) == 1  # the meta record only
+
+
+def test_trailing_bytes_inside_a_record_are_refused() -> None:
+    data = log_bytes(1, 0, []) + _raw_record(cbor2.dumps([delete(1)]) + b"\x00")
+    data += encode_record([put(2)])
+    item = scan(log_name(1), data)
+    assert item.problem is not None
+    assert "trailing bytes" in item.problem.reason
+
+
+def test_records_decode_in_order_with_one_decoder() -> None:
+    records = [[put(n)] for n in range(1, 50)] + [[bury(3), delete(4)]]
+    item = scan(log_name(1), log_bytes(1, 0, records))
+    assert item.problem is None
+    assert [r.changes for r in item.records[1:]] == records
+    assert item.records[1].offset > HEADER_SIZE
+
+
+def test_a_flipped_body_bit_mid_log_is_refused_and_never_decoded() -> None:
+    files = chain([[put(1)], [put(2)], [put(3)]])
+    name = log_name(1)
+    data = bytearray(files[name])
+    offset = data.index(b"body-2")
+    data[offset] ^= 0x01
+    files[name] = bytes(data)
+    item = scan(name, files[name])
+    assert item.problem is not None
+    assert item.problem.reason == "record CRC mismatch"
+    bodies = [c["body"] for r in item.records for c in r.changes if c["t"] == "put"]
+    assert bodies == [b"body-1"]  # the damaged record and everything after it: not decoded
+    with pytest.raises(RecoveryError, match=rf"{name}.* at offset {item.problem.offset}"):
+        recover(storage_with(files))
+    recovered = recover(storage_with(files), repair=True)
+    assert [c["body"] for c in recovered.changes if c["t"] == "put"] == [b"body-1"]
