@@ -1,15 +1,20 @@
 """Session: one client connection of the queue server (wire.md §5, §7).
 
 One task per connection reads requests in arrival order and applies each to the engine
-before reading the next, so a connection's requests are applied in order. Answers to
-immediate operations are written inline (natural backpressure). A reserve that has to
-wait gets its own task in the session's nursery, so it never stalls the other requests
-of its connection; `cancel` ends such a reserve, and the reserve's answer is always sent
-before the cancel's own answer.
+before examining the next, so a connection's requests are applied in order. It works in
+batches: one `receive_batch` returns every request one read brought (at most as many as
+the in-flight limit leaves room for), each is applied synchronously and its answer
+queued, and one `flush` writes all the batch's answers with one write (natural
+backpressure: the next read waits for that write). No task is started for a request
+that cannot block. A reserve that has to wait gets its own task in the session's
+nursery, so it never stalls the other requests of its connection; `cancel` ends such a
+reserve, and the reserve's answer is always sent before the cancel's own answer. Under
+a sync mode, the answers of one batch's changes wait for durability in one task.
 
 Failures are isolated per connection: a protocol error closes this connection only (with
-a final `protocol` frame where the framing still allows one); `AllQError` becomes an error
-answer; any other exception is logged and closes the connection. `Cancelled` propagates.
+a final `protocol` frame where the framing still allows one, after the answers already
+queued); `AllQError` becomes an error answer; any other exception is logged and closes
+the connection. `Cancelled` propagates.
 
 Jobs whose answer cannot be written are returned with `unreserve` at once.
 """
@@ -17,7 +22,7 @@ Jobs whose answer cannot be written are returned with `unreserve` at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -29,8 +34,6 @@ from allq.wire.codec import request_envelope_problem
 from allq.wire.transport import Message, MessageStream, ProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
-
-_Handler = Callable[[int, dict[str, object]], Awaitable[None]]
 
 #: Ops refused with SHUTTING_DOWN once a graceful shutdown has begun (wire.md §7).
 REFUSED_WHEN_STOPPING = frozenset(
@@ -95,14 +98,18 @@ class Session:
         self.limits = limits
         self.shutdown = shutdown
         self.peer = peer
-        self._inflight = trio.Semaphore(limits.max_inflight)
+        #: Requests answered by a task (waiting reserves, durable waits, cancels).
         self._in_flight_ids: set[int] = set()
+        #: Jobs reserved in the current batch: held once its answers are written.
+        self._unflushed_jobs: list[JobViews] = []
         self._pending: dict[int, _PendingReserve] = {}
         self._bad_requests = 0
         self._held: dict[str, str] = {}  # lease -> job id handed out on this connection
         self._changed = trio.Event()
         self._final_sent = False
         self._scope: trio.CancelScope | None = None
+        # The configured write-stall bound also bounds the stream's shielded writes.
+        stream.write_timeout = limits.write_stall_s
         #: The authenticated client key (encrypted transport), for allow-list revocation.
         self.peer_key: bytes | None = getattr(stream, "peer_public", None)
 
@@ -142,18 +149,35 @@ class Session:
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         while True:
-            async with self._inflight:  # backpressure: at most max_inflight in flight
-                message = await self._receive()
-            if message is None:
+            room = self.limits.max_inflight - len(self._in_flight_ids)
+            if room <= 0:  # backpressure: stop reading until answers drain
+                await self._changed.wait()
+                continue
+            messages = await self._receive(room)
+            if messages is None:
                 return
-            await self._dispatch(message, nursery)
+            durable: list[tuple[int, dict[str, object], int]] = []
+            goodbye = False
+            for message in messages:
+                if self._dispatch(message, nursery, durable):
+                    goodbye = True  # the answers before it are still written
+                    break
+            if durable:
+                # Answered once the changes are as durable as the sync mode promises; the
+                # wait (group commit under --sync always) must not hold up this
+                # connection's next requests, so it runs in its own task, one per batch.
+                nursery.start_soon(self._answer_when_durable, durable)
+            await self._flush_batch()
+            if goodbye:
+                raise _ConnectionDone
 
-    async def _receive(self) -> Message | None:
-        """The next request; None when the peer closed; ends the session when idle."""
+    async def _receive(self, limit: int) -> list[Message] | None:
+        """The next requests (1 … `limit`, all that one read brought); None when the peer
+        closed; ends the session when idle."""
         while True:
             with trio.move_on_after(self.limits.idle_timeout_s) as idle:
                 try:
-                    return await self.stream.receive()
+                    return await self.stream.receive_batch(limit)
                 except trio.EndOfChannel:
                     return None
             if idle.cancelled_caught and not self._in_flight_ids:
@@ -165,11 +189,20 @@ class Session:
 
     # -- dispatch ------------------------------------------------------------------------
 
-    async def _dispatch(self, message: Message, nursery: trio.Nursery) -> None:
+    def _dispatch(
+        self,
+        message: Message,
+        nursery: trio.Nursery,
+        durable: list[tuple[int, dict[str, object], int]],
+    ) -> bool:
+        """Apply one request now; queue its answer, or hand it to a task if it waits.
+
+        Returns True for the client's goodbye (`{id: 0, closing: "client"}`).
+        """
         problem = request_envelope_problem(message)
         request_id = message.get("id")
         if request_id == 0 and problem is None:
-            raise _ConnectionDone  # {id: 0, closing: "client"}
+            return True  # {id: 0, closing: "client"}
         if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 1:
             raise RemoteProtocolError(problem or "request id missing or invalid")
         if request_id in self._in_flight_ids:
@@ -180,44 +213,37 @@ class Session:
             if self._bad_requests > self.limits.max_bad_requests:
                 raise RemoteProtocolError("too many bad requests")
             error = BadFormat(problem or f"unknown operation {op!r}", field="op")
-            await self._send({"id": request_id, **_error_body(error)})
-            return
+            self.stream.send_nowait({"id": request_id, **_error_body(error)})
+            return False
         args = {key: value for key, value in message.items() if key not in ("id", "op")}
         if op == "reserve":
-            await self._start_task(nursery, self._serve_reserve, request_id, args)
+            self._reserve(nursery, request_id, args)
         elif op == "cancel":
-            await self._start_task(nursery, self._serve_cancel, request_id, args)
+            self._cancel(nursery, request_id, args)
         else:
             body = self._apply(op, args)
             position = self.shell.written_position
             if position is not None and "result" in body:
-                # Answered once the change is as durable as the sync mode promises; the
-                # wait (group commit under --sync always) must not hold up this
-                # connection's next requests, so it runs in its own task.
-                pending = {"body": body, "position": position}
-                await self._start_task(nursery, self._answer_when_durable, request_id, pending)
+                self._in_flight_ids.add(request_id)
+                durable.append((request_id, body, position))
             else:
-                await self._send({"id": request_id, **body})
+                self.stream.send_nowait({"id": request_id, **body})
+        return False
 
-    async def _start_task(
-        self, nursery: trio.Nursery, fn: _Handler, rid: int, args: dict[str, object]
-    ) -> None:
-        await self._inflight.acquire()  # released by _finish
-        self._in_flight_ids.add(rid)
-        nursery.start_soon(fn, rid, args)
-
-    async def _answer_when_durable(self, request_id: int, pending: dict[str, object]) -> None:
-        body, position = pending["body"], pending["position"]
-        assert isinstance(body, dict)
-        assert isinstance(position, int)
+    async def _answer_when_durable(self, items: list[tuple[int, dict[str, object], int]]) -> None:
         try:
+            error: dict[str, object] | None = None
             try:
-                await self.shell.durable(position)
-            except AllQError as error:
-                body = _error_body(error)
-            await self._send({"id": request_id, **body})
+                await self.shell.durable(max(position for _, _, position in items))
+            except AllQError as failure:
+                error = _error_body(failure)
+            for request_id, body, _ in items:
+                self.stream.send_nowait({"id": request_id, **(error or body)})
+            await self._flush()
         finally:
-            self._finish(request_id)
+            for request_id, _, _ in items:
+                self._in_flight_ids.discard(request_id)
+            self._signal()
 
     def _apply(self, op: str, args: Mapping[str, object]) -> dict[str, object]:
         """Apply one immediate op synchronously; return the answer body."""
@@ -234,15 +260,30 @@ class Session:
             self._signal()
         return {"result": result}
 
-    async def _serve_reserve(self, request_id: int, args: dict[str, object]) -> None:
-        pending = self._pending[request_id] = _PendingReserve()
+    def _reserve(self, nursery: trio.Nursery, request_id: int, args: dict[str, object]) -> None:
+        """A reserve answered at once is queued with the batch; one that waits gets a task."""
+        try:
+            started = self.shell.begin_reserve(args)
+        except AllQError as error:
+            self.stream.send_nowait({"id": request_id, **_error_body(error)})
+            return
+        if isinstance(started, list):
+            try:
+                self.stream.send_nowait({"id": request_id, "result": started})
+            except BaseException:
+                self.shell.unreserve(started)  # the answer cannot be written: give back
+                raise
+            self._unflushed_jobs.append(started)
+            return
+        pending = self._pending[request_id] = _PendingReserve(waiter=started)
+        self._in_flight_ids.add(request_id)
+        nursery.start_soon(self._serve_reserve, request_id, pending)
 
-        def on_wait(waiter: int) -> None:
-            pending.waiter = waiter
-
+    async def _serve_reserve(self, request_id: int, pending: _PendingReserve) -> None:
+        assert pending.waiter is not None
         try:
             try:
-                jobs = await self.shell.reserve(args, on_wait=on_wait)
+                jobs = await self.shell.wait_reserve(pending.waiter)
             except AllQError as error:
                 pending.waiter = None
                 await self._send({"id": request_id, **_error_body(error)})
@@ -259,7 +300,11 @@ class Session:
         """Send reserved jobs; if they cannot be written, give them back at once."""
         sent = False
         try:
-            await self._send({"id": request_id, "result": jobs})
+            self.stream.send_nowait({"id": request_id, "result": jobs})
+            # Queued means written unless the link breaks, so the wait is not cancellable:
+            # the outcome has to be known to hold the jobs or give them back.
+            with trio.CancelScope(shield=True):
+                await self._flush()
             sent = True
         finally:
             if sent:
@@ -267,30 +312,36 @@ class Session:
             else:
                 self.shell.unreserve(jobs)  # synchronous, so safe even while cancelled
 
-    async def _serve_cancel(self, request_id: int, args: dict[str, object]) -> None:
+    def _cancel(self, nursery: trio.Nursery, request_id: int, args: dict[str, object]) -> None:
+        error = _cancel_problem(args)
+        if error is not None:
+            self.stream.send_nowait({"id": request_id, **_error_body(error)})
+            return
+        target = args["target"]
+        assert isinstance(target, int)
+        pending = self._pending.get(target)
+        if pending is None:
+            self.stream.send_nowait({"id": request_id, "result": {"outcome": "unknown"}})
+            return
+        cancelled = pending.waiter is not None and self.shell.cancel_reserve(pending.waiter)
+        # The target's answer goes out first; its task tells whether it carried jobs.
+        self._in_flight_ids.add(request_id)
+        nursery.start_soon(self._answer_cancel, request_id, pending, cancelled)
+
+    async def _answer_cancel(
+        self, request_id: int, pending: _PendingReserve, cancelled: bool
+    ) -> None:
         try:
-            error = _cancel_problem(args)
-            if error is not None:
-                await self._send({"id": request_id, **_error_body(error)})
-                return
-            target = args["target"]
-            assert isinstance(target, int)
-            pending = self._pending.get(target)
-            if pending is None:
-                outcome = "unknown"
-            elif pending.waiter is not None and self.shell.cancel_reserve(pending.waiter):
+            await pending.answered.wait()
+            outcome = "delivered" if pending.delivered else "unknown"
+            if cancelled:
                 outcome = "cancelled"
-            else:
-                outcome = "delivered" if pending.delivered else "unknown"
-            if pending is not None:
-                await pending.answered.wait()  # the target's answer goes out first
             await self._send({"id": request_id, "result": {"outcome": outcome}})
         finally:
             self._finish(request_id)
 
     def _finish(self, request_id: int) -> None:
         self._in_flight_ids.discard(request_id)
-        self._inflight.release()
         self._signal()
 
     def _signal(self) -> None:
@@ -299,9 +350,29 @@ class Session:
 
     # -- writing -------------------------------------------------------------------------
 
+    async def _flush_batch(self) -> None:
+        """Write the answers of one batch (one write); jobs reserved in it are held once
+        written and given back if the write failed."""
+        jobs, self._unflushed_jobs = self._unflushed_jobs, []
+        written = False
+        try:
+            with trio.CancelScope(shield=True):  # the outcome decides about the jobs
+                await self._flush()
+            written = True
+        finally:
+            for views in jobs:
+                if written:
+                    self._held.update((str(job["lease"]), str(job["id"])) for job in views)
+                else:
+                    self.shell.unreserve(views)
+
     async def _send(self, message: Mapping[str, object]) -> None:
+        self.stream.send_nowait(message)
+        await self._flush()
+
+    async def _flush(self) -> None:
         with trio.move_on_after(self.limits.write_stall_s) as stall:
-            await self.stream.send(message)
+            await self.stream.flush()
         if stall.cancelled_caught:
             log.warning(
                 "connection %s: write blocked for %ss: closing",

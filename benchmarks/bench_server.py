@@ -28,6 +28,7 @@ from benchmarks.procs import cpu_seconds, own_cpu, start
 
 LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 BODY = b"x" * 100
+PHASES = ("handshake", "sequential", "pipelined")
 
 
 async def measure(
@@ -52,9 +53,20 @@ async def measure(
     return result
 
 
+#: How `pipelined` issues a window: "batch" = `Client.start_batch` (one write for the
+#: window, like the beanstalkd reference client), "tasks" = one task per request calling
+#: `Client.request` (the shape of concurrent gateway callers; writes coalesce per tick).
+CLIENT_MODES = ("batch", "tasks")
+client_mode = "batch"
+
+
 async def pipelined(
     client: Client, op: str, fields_for: Callable[[int], dict[str, Any]], n: int
 ) -> list[object]:
+    """`n` requests in flight at once; their results in order."""
+    if client_mode == "batch":
+        pending = await client.start_batch([(op, fields_for(i)) for i in range(n)])
+        return [await request.wait() for request in pending]
     results: list[object] = [None] * n
 
     async def one(i: int) -> None:
@@ -78,7 +90,13 @@ async def run(
             pass
         return 1
 
-    results.append(await measure("handshake", pid, min(args.count, 500), args.seconds, handshake))
+    phases = set(args.phases.split(",")) if args.phases != "all" else set(PHASES)
+    if phases - set(PHASES):
+        raise SystemExit(f"unknown phase(s): {sorted(phases - set(PHASES))}")
+    if "handshake" in phases:
+        results.append(
+            await measure("handshake", pid, min(args.count, 500), args.seconds, handshake)
+        )
     async with open_client(host, port, client_keys, server_key) as client:
 
         async def put_sequential(_: int) -> int:
@@ -107,30 +125,33 @@ async def run(
             )
             return depth
 
-        results.append(
-            await measure("put sequential", pid, args.count, args.seconds, put_sequential)
-        )
-        results.append(
-            await measure(
-                "reserve+done sequential",
-                pid,
-                results[-1]["ops"],
-                args.seconds,
-                reserve_done_sequential,
+        if "sequential" in phases:
+            results.append(
+                await measure("put sequential", pid, args.count, args.seconds, put_sequential)
             )
-        )
-        results.append(
-            await measure(f"put pipelined x{depth}", pid, args.count, args.seconds, put_pipelined)
-        )
-        results.append(
-            await measure(
-                f"reserve+done pipelined x{depth}",
-                pid,
-                results[-1]["ops"],
-                args.seconds,
-                reserve_done_pipelined,
+            results.append(
+                await measure(
+                    "reserve+done sequential",
+                    pid,
+                    results[-1]["ops"],
+                    args.seconds,
+                    reserve_done_sequential,
+                )
             )
-        )
+        if "pipelined" in phases:
+            name = f"x{depth} ({client_mode} client)"
+            results.append(
+                await measure(f"put pipelined {name}", pid, args.count, args.seconds, put_pipelined)
+            )
+            results.append(
+                await measure(
+                    f"reserve+done pipelined {name}",
+                    pid,
+                    results[-1]["ops"],
+                    args.seconds,
+                    reserve_done_pipelined,
+                )
+            )
     return results
 
 
@@ -141,7 +162,20 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20_000, help="operations per phase (max)")
     parser.add_argument("--seconds", type=float, default=20.0, help="time per phase (max)")
     parser.add_argument("--depth", type=int, default=100, help="requests in flight when pipelined")
+    parser.add_argument(
+        "--client",
+        choices=CLIENT_MODES,
+        default="batch",
+        help="pipelined window: one start_batch write, or one task per request",
+    )
+    parser.add_argument(
+        "--phases",
+        default="all",
+        help="comma-separated: handshake,sequential,pipelined (default all)",
+    )
     args = parser.parse_args()
+    global client_mode
+    client_mode = args.client
     with tempfile.TemporaryDirectory() as tmp:
         keys = Path(tmp) / "keys"
         keygen(keys, clients=1, force=False)

@@ -90,6 +90,7 @@ class EngineShell:
         self._nursery: trio.Nursery | None = None
         self._pokes: dict[str | None, trio.Event] = {}
         self._waiters: dict[int, trio.MemorySendChannel[Outcome]] = {}
+        self._receivers: dict[int, trio.MemoryReceiveChannel[Outcome]] = {}
         self._shutting_down = False
         self.unreserved_on_gone = 0  # jobs given back because their waiter went away
         #: The persistence log (None: memory only). Changes are appended before answers.
@@ -214,17 +215,33 @@ class EngineShell:
         any jobs already put in its channel are given back with `unreserve`, so no job is
         lost or left reserved (the timeout-versus-delivery race of design.md §2.3).
         """
+        started = self.begin_reserve(args)
+        if isinstance(started, list):
+            return started
+        if on_wait is not None:
+            on_wait(started)
+        return await self.wait_reserve(started)
+
+    def begin_reserve(self, args: Mapping[str, object]) -> JobViews | int:
+        """The synchronous half of `reserve`: the jobs at once, or a waiter id.
+
+        A waiter id must be passed to `wait_reserve` right away (by a task started for
+        it); that call owns the waiter from then on and withdraws it when it ends.
+        """
         if self._shutting_down:
             raise ShuttingDown("the server is shutting down")
         result = self.call("reserve", args)
         if not isinstance(result, Waiting):
             assert isinstance(result, list)
             return result
-        waiter = result.waiter
         send, receive = trio.open_memory_channel[Outcome](1)
-        self._waiters[waiter] = send
-        if on_wait is not None:
-            on_wait(waiter)
+        self._waiters[result.waiter] = send
+        self._receivers[result.waiter] = receive
+        return result.waiter
+
+    async def wait_reserve(self, waiter: int) -> JobViews:
+        """Wait for the outcome of a waiter from `begin_reserve` (see `reserve`)."""
+        receive = self._receivers.pop(waiter)
         with receive:
             try:
                 outcome = await receive.receive()

@@ -37,6 +37,7 @@ from allq.wire.transport import Message, MessageStream, ProtocolError, RemotePro
 U32_MAX: Final = 0xFFFF_FFFF
 DEFAULT_MAX_INFLIGHT: Final = 1_024
 CLOSE_GRACE: Final = 1.0
+READ_BATCH: Final = 4_096  # answers routed per receive_batch (all one read brought)
 
 
 class ConnectionLost(trio.BrokenResourceError):
@@ -145,9 +146,7 @@ class Client:
         if self._lost is not None:
             self._inflight.release()
             raise self._lost_error()
-        ident = next(self._ids)
-        while ident in self._slots:
-            ident = next(self._ids)
+        ident = self._next_id()
         send, receive = trio.open_memory_channel[Message](1)
         self._slots[ident] = send  # the slot now holds the semaphore unit
         self._ops[ident] = op
@@ -167,6 +166,61 @@ class Client:
             self._abandoned.add(ident)
             raise
         return PendingRequest(self, ident, op, receive)
+
+    async def start_batch(
+        self, requests: Sequence[tuple[str, Mapping[str, object]]]
+    ) -> list[PendingRequest]:
+        """Send several requests with one write; returns their handles in order.
+
+        Each takes an in-flight slot like `start` (waiting for slots as needed). If one
+        cannot be encoded, the requests queued before it still go out (their answers
+        are dropped, jobs given back) and `LocalProtocolError` is raised.
+
+        Raises:
+            ConnectionLost: the connection is already gone or fails while sending.
+            LocalProtocolError: a request cannot be encoded.
+        """
+        pending: list[PendingRequest] = []
+        try:
+            for op, fields in requests:
+                if not self._inflight.value:
+                    await self._flush(pending)  # let answers free slots
+                await self._inflight.acquire()
+                if self._lost is not None:
+                    self._inflight.release()
+                    raise self._lost_error()
+                ident = self._next_id()
+                send, receive = trio.open_memory_channel[Message](1)
+                self._slots[ident] = send
+                self._ops[ident] = op
+                try:
+                    self.stream.send_nowait({**fields, "id": ident, "op": op})
+                except BaseException:
+                    self._release(ident)
+                    raise
+                pending.append(PendingRequest(self, ident, op, receive))
+            await self._flush(pending)
+        except ProtocolError:
+            for request in pending:
+                self._abandon(request)
+            with trio.CancelScope(shield=True):
+                await self._flush(pending)  # those already queued go out regardless
+            raise
+        except BaseException:
+            for request in pending:  # cancelled or failed mid-way: drop their answers
+                self._abandon(request)
+            raise
+        return pending
+
+    async def _flush(self, pending: Sequence[PendingRequest]) -> None:
+        try:
+            await self.stream.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            for request in pending:
+                self._release(request.id)
+            if isinstance(exc, ConnectionLost):
+                raise
+            raise self._lost_error(f"send failed: {exc!r}") from exc
 
     async def request(self, op: str, /, **fields: object) -> Any:
         """Send a request and wait for its result (a map or a list).
@@ -198,6 +252,12 @@ class Client:
         return str(result["outcome"])
 
     # --- internals ------------------------------------------------------------------
+
+    def _next_id(self) -> int:
+        ident = next(self._ids)
+        while ident in self._slots:
+            ident = next(self._ids)
+        return ident
 
     def _release(self, ident: int) -> trio.MemorySendChannel[Message] | None:
         slot = self._slots.pop(ident, None)
@@ -271,7 +331,8 @@ class Client:
         cancelled = False
         try:
             while True:
-                self._route(await self.stream.receive())
+                for message in await self.stream.receive_batch(READ_BATCH):
+                    self._route(message)
         except trio.Cancelled:
             # The owner is closing the client: its goodbye still has to go out, and
             # `_goodbye` fails what is left in flight afterwards.

@@ -209,10 +209,9 @@ class Connection:
         have = len(self._buf) - self._pos
         if self._phase is State.AWAIT_HELLO:
             return max(HELLO_SIZE - have, 1)  # never read past HELLO before it is checked
-        if self._pull is not None and have >= 4:
-            length: int = struct.unpack_from(">I", self._buf, self._pos)[0]
-            if MIN_FRAME <= length <= self.receive_cap:
-                return max(min(4 + length - have, READ_SIZE), 1)
+        # Frames: one read takes whatever is there, up to READ_SIZE, so a read can hold
+        # many frames (and the start of the next); the buffer stays bounded by the frame
+        # cap plus one read.
         return READ_SIZE
 
     # --- input ----------------------------------------------------------------------

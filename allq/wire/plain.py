@@ -15,6 +15,7 @@ import trio
 
 from allq.wire import codec
 from allq.wire.transport import Message, RemoteProtocolError
+from allq.wire.writer import FrameWriter
 
 _LENGTH = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 1_048_576 + 65_536
@@ -26,11 +27,17 @@ class PlainMessageStream:
     Resource handling: it owns `stream` and closes it in `aclose()`.
     """
 
-    def __init__(self, stream: trio.abc.Stream, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        write_timeout: float = 30.0,
+    ) -> None:
         self._stream = stream
         self._max_frame = max_frame
         self._buffer = bytearray()
-        self._write_lock = trio.StrictFIFOLock()
+        self._writer = FrameWriter(stream, write_timeout)
         self._closed_by_peer = False
 
     async def _fill(self, size: int) -> bool:
@@ -42,28 +49,80 @@ class PlainMessageStream:
             self._buffer += chunk
         return True
 
-    async def receive(self) -> Message:
-        if self._closed_by_peer:
-            raise trio.EndOfChannel
-        if not await self._fill(_LENGTH.size):
-            if self._buffer:
-                raise trio.BrokenResourceError("EOF inside a frame length")
-            self._closed_by_peer = True
-            raise trio.EndOfChannel
+    def _buffered_frame(self) -> Message | None:
+        """The next complete frame in the buffer, decoded; None if there is none."""
+        if len(self._buffer) < _LENGTH.size:
+            return None
         (length,) = _LENGTH.unpack_from(self._buffer)
         if length < 1 or length > self._max_frame:
             raise RemoteProtocolError(f"frame length {length} outside 1 … {self._max_frame}")
-        if not await self._fill(_LENGTH.size + length):
-            raise trio.BrokenResourceError("EOF inside a frame")
+        if len(self._buffer) < _LENGTH.size + length:
+            return None
         payload = bytes(self._buffer[_LENGTH.size : _LENGTH.size + length])
         del self._buffer[: _LENGTH.size + length]
         return codec.decode(payload)
 
+    async def receive(self) -> Message:
+        return (await self.receive_batch(1))[0]
+
+    async def receive_batch(self, limit: int) -> list[Message]:
+        """Every complete buffered frame (at most `limit`, at least one); reads if none."""
+        if self._closed_by_peer:
+            raise trio.EndOfChannel
+        out: list[Message] = []
+        while len(out) < max(limit, 1):
+            try:
+                message = self._buffered_frame()
+            except RemoteProtocolError:
+                if out:
+                    break  # raised again by the next call
+                raise
+            if message is not None:
+                out.append(message)
+                continue
+            if out:
+                break
+            need = _LENGTH.size
+            if len(self._buffer) >= _LENGTH.size:
+                need += _LENGTH.unpack_from(self._buffer)[0]
+            if not await self._fill(need):
+                if not self._buffer:
+                    self._closed_by_peer = True
+                    raise trio.EndOfChannel
+                if len(self._buffer) < _LENGTH.size:
+                    raise trio.BrokenResourceError("EOF inside a frame length")
+                raise trio.BrokenResourceError("EOF inside a frame")
+        return out
+
+    def send_nowait(self, message: Mapping[str, object], *, final: bool = False) -> None:
+        """Encode and queue one message (`final` needs `send`, which also sends EOF)."""
+        if final:
+            raise ValueError("a final message goes through send()")
+        if self._writer.broken is not None:
+            raise trio.BrokenResourceError(self._writer.broken)
+        payload = codec.encode(message)
+        self._writer.queue(_LENGTH.pack(len(payload)) + payload)
+
+    @property
+    def write_timeout(self) -> float:
+        """Seconds a write may stay blocked before the stream counts as broken."""
+        return self._writer.write_timeout
+
+    @write_timeout.setter
+    def write_timeout(self, value: float) -> None:
+        self._writer.write_timeout = value
+
+    async def flush(self) -> None:
+        await self._writer.flush()
+
     async def send(self, message: Mapping[str, object], *, final: bool = False) -> None:
         payload = codec.encode(message)
-        async with self._write_lock:
-            await self._stream.send_all(_LENGTH.pack(len(payload)) + payload)
-            if final and isinstance(self._stream, trio.abc.HalfCloseableStream):
+        if self._writer.broken is not None:
+            raise trio.BrokenResourceError(self._writer.broken)
+        self._writer.queue(_LENGTH.pack(len(payload)) + payload)
+        await self._writer.flush()
+        if final and isinstance(self._stream, trio.abc.HalfCloseableStream):
+            with trio.CancelScope(shield=True):
                 await self._stream.send_eof()
 
     async def aclose(self) -> None:

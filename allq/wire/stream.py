@@ -8,12 +8,18 @@ Resource handling: the handshake functions take ownership of the stream. On fail
 close it (sending nothing more) and raise `HandshakeFailed`; on success the returned
 `EncryptedMessageStream` owns it and `aclose()` closes it.
 
-Cancellation: once `send()` starts writing a frame it finishes the write even if its
-caller is cancelled (shielded, bounded by the write-stall timeout), then raises
-`Cancelled`; a half-written frame would make the byte stream unusable for every other
-request on it. A write blocked longer than the write-stall timeout marks the stream
-broken, and later sends raise `trio.BrokenResourceError`. `receive()` can be cancelled
-safely between reads: buffered bytes stay in the engine.
+Batching: `receive_batch()` returns every complete frame of one read; `send_nowait()`
+seals a message and queues its frame, `flush()` writes all queued frames with one
+`send_all` (`allq.wire.writer.FrameWriter`); `send()` is both, and frames that other tasks
+queue while a write is running go out together in the next one.
+
+Cancellation: once a write has started it is finished even if its caller is cancelled
+(shielded, bounded by the write-stall timeout), then the caller raises `Cancelled`; a
+half-written frame would make the byte stream unusable for every other request on it.
+A frame that was queued goes out even if its sender is cancelled while waiting. A write
+blocked longer than the write-stall timeout marks the stream broken, and later sends
+raise `trio.BrokenResourceError`. `receive()` can be cancelled safely between reads:
+buffered bytes stay in the engine.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from allq.wire.connection import (
 from allq.wire.handshake import HandshakeError, ReplayCache
 from allq.wire.keyfiles import AllowList, KeyPair, PublicKey, fingerprint
 from allq.wire.transport import LocalProtocolError, Message, RemoteProtocolError
+from allq.wire.writer import FrameWriter
 
 HANDSHAKE_TIMEOUT = 5.0
 FRAME_TIMEOUT = 30.0
@@ -78,10 +85,8 @@ class EncryptedMessageStream:
         self._stream = stream
         self._conn = conn
         self._frame_timeout = frame_timeout
-        self._write_timeout = write_timeout
-        self._send_lock = trio.StrictFIFOLock()
+        self._writer = FrameWriter(stream, write_timeout)
         self._receiving = False
-        self._send_broken = False
         self._peer_finished = False
         self._frame_started: float | None = None
         self._closed = False
@@ -122,30 +127,55 @@ class EncryptedMessageStream:
     # --- MessageStream --------------------------------------------------------------
 
     async def receive(self) -> Message:
+        return (await self.receive_batch(1))[0]
+
+    async def receive_batch(self, limit: int) -> list[Message]:
+        """Every complete message already buffered, at most `limit` (≥ 1 returned).
+
+        Reads from the transport only when no complete frame is buffered, so one
+        `receive_some` of many frames yields them all in one call. An error found after
+        some messages were decoded is raised by the next call (the engine's error is
+        sticky); a peer's final frame ends the batch and the next call raises
+        `trio.EndOfChannel`.
+        """
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving")
         self._receiving = True
         try:
-            return await self._receive()
+            return await self._receive_batch(max(limit, 1))
         finally:
             self._receiving = False
 
-    async def _receive(self) -> Message:
+    async def _receive_batch(self, limit: int) -> list[Message]:
         conn = self._conn
+        out: list[Message] = []
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
             if self._peer_finished:
+                if out:
+                    break
                 raise trio.EndOfChannel
-            event = conn.next_event()
+            try:
+                event = conn.next_event()
+            except RemoteProtocolError:
+                if out:
+                    break  # raised again by the next call
+                raise
             if isinstance(event, MessageReceived):
-                self._frame_started = trio.current_time() if conn.frame_in_progress else None
+                out.append(event.message)
                 if event.final:
                     self._peer_finished = True
-                return event.message
+                if len(out) >= limit:
+                    break
+                continue
             if event is PEER_CLOSED:
+                if out:
+                    break
                 raise trio.EndOfChannel
             assert not isinstance(event, HandshakeComplete)
+            if out:
+                break
             deadline = math.inf
             if self._frame_started is not None:
                 deadline = self._frame_started + self._frame_timeout
@@ -156,36 +186,59 @@ class EncryptedMessageStream:
             conn.receive_data(data)
             if data and self._frame_started is None and conn.frame_in_progress:
                 self._frame_started = trio.current_time()
+        self._frame_started = trio.current_time() if conn.frame_in_progress else None
+        return out
+
+    def send_nowait(self, message: Mapping[str, object], *, final: bool = False) -> None:
+        """Seal one message and queue it; `flush()` (or any later send) writes it.
+
+        Once queued, the frame goes out unless the stream breaks.
+
+        Raises:
+            LocalProtocolError: the message or state is invalid (nothing queued).
+            trio.BrokenResourceError: an earlier write failed or stalled.
+            trio.ClosedResourceError: `aclose()` was called.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the stream is closed")
+        if self._writer.broken is not None:
+            raise trio.BrokenResourceError(self._writer.broken)
+        self._writer.queue(self._conn.send(message, final))
+
+    @property
+    def write_timeout(self) -> float:
+        """Seconds a write may stay blocked before the stream counts as broken."""
+        return self._writer.write_timeout
+
+    @write_timeout.setter
+    def write_timeout(self, value: float) -> None:
+        self._writer.write_timeout = value
+
+    async def flush(self) -> None:
+        """Write every queued frame: one `send_all` for all frames queued meanwhile.
+
+        A write once started is finished even if the caller is cancelled (shielded,
+        bounded by the write-stall timeout); a cancelled caller then raises `Cancelled`.
+
+        Raises:
+            trio.BrokenResourceError: the transport failed or a write stalled.
+        """
+        await self._writer.flush()
 
     async def send(self, message: Mapping[str, object], *, final: bool = False) -> None:
-        """Seal and write one message; writes from several tasks are serialized.
+        """Seal and write one message; frames from several tasks are coalesced.
 
         Raises:
             LocalProtocolError: the message or state is invalid (nothing written).
             trio.BrokenResourceError: the transport failed or an earlier write broke.
             trio.ClosedResourceError: `aclose()` was called.
         """
-        async with self._send_lock:
-            if self._closed:
-                raise trio.ClosedResourceError("the stream is closed")
-            if self._send_broken:
-                raise trio.BrokenResourceError("an earlier write was interrupted")
-            data = self._conn.send(message, final)
-            # A half-written frame would break the stream for every other request on it
-            # (one cancelled caller, e.g. an HTTP client gone, would cut a gateway's whole
-            # link), so a write once started is finished even if its caller is cancelled;
-            # the write-stall timeout bounds it instead (wire.md §7).
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(self._write_timeout) as stall:
-                    try:
-                        await self._stream.send_all(data)
-                    except BaseException:
-                        self._send_broken = True
-                        raise
-            if stall.cancelled_caught:
-                self._send_broken = True
-                raise trio.BrokenResourceError(f"write blocked for {self._write_timeout:g} s")
-        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller learns it now
+        # A half-written frame would break the stream for every other request on it
+        # (one cancelled caller, e.g. an HTTP client gone, would cut a gateway's whole
+        # link), so the writer finishes a write once started even if its caller is
+        # cancelled; the write-stall timeout bounds it instead (wire.md §7).
+        self.send_nowait(message, final=final)
+        await self._writer.flush()
 
     async def aclose(self) -> None:
         """Close the transport (idempotent). Sends nothing by itself: send a final frame

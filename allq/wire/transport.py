@@ -21,10 +21,27 @@ class MessageStream(Protocol):
     `receive()` raises `trio.EndOfChannel` on a clean close by the peer (final frame or
     EOF at a frame boundary where the framing allows it) and `trio.BrokenResourceError`
     when the stream failed; `RemoteProtocolError` when the peer sent something invalid.
-    `send()` may be called from several tasks: implementations serialize writes.
+    `send()` may be called from several tasks: implementations serialize writes and
+    coalesce the frames queued meanwhile into one write; `send_nowait()` + `flush()` let
+    one task answer a whole batch with one write.
     """
 
+    #: Seconds a write may stay blocked before the stream counts as broken.
+    write_timeout: float
+
     async def receive(self) -> Message: ...
+
+    async def receive_batch(self, limit: int) -> list[Message]:
+        """Every complete message already buffered (1 … `limit`); reads only if none."""
+        ...
+
+    def send_nowait(self, message: Mapping[str, object], *, final: bool = False) -> None:
+        """Encode and queue one message, in order; the next flush or send writes it."""
+        ...
+
+    async def flush(self) -> None:
+        """Write every queued message (one write for all of them where possible)."""
+        ...
 
     async def send(self, message: Mapping[str, object], *, final: bool = False) -> None: ...
 
