@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any, Final, NoReturn, cast
 
@@ -50,8 +51,42 @@ def _tag_hook(decoder: object, tag: object) -> NoReturn:
     raise ValueError("CBOR tags are not allowed")
 
 
+_SCALARS: Final = frozenset({str, bytes, float, bool, type(None)})
+
+
 def _check_value(value: object, depth: int, error: type[Exception]) -> None:
-    """The allowed-types walk; `depth` counts containers (the top-level map is 1)."""
+    """The allowed-types walk; `depth` counts containers (the top-level map is 1).
+
+    Exact built-in types take a fast path (the common case: maps of scalars); anything
+    else, subclasses included, goes through `_check_other`.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return
+    if kind is int:
+        if not INT_MIN <= value <= INT_MAX:  # type: ignore[operator]
+            raise error("integer out of the CBOR range")
+        return
+    if kind is dict:
+        if depth > MAX_DEPTH:
+            raise error(f"nesting deeper than {MAX_DEPTH}")
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str and not isinstance(key, str):
+                raise error("map keys must be text strings")
+            if type(item) not in _SCALARS:
+                _check_value(item, depth + 1, error)
+        return
+    if kind is list:
+        if depth > MAX_DEPTH:
+            raise error(f"nesting deeper than {MAX_DEPTH}")
+        for item in value:  # type: ignore[attr-defined]
+            if type(item) not in _SCALARS:
+                _check_value(item, depth + 1, error)
+        return
+    _check_other(value, depth, error)
+
+
+def _check_other(value: object, depth: int, error: type[Exception]) -> None:
     if value is None or isinstance(value, (bool, str, bytes, bytearray, float)):
         return
     if isinstance(value, int):
@@ -73,6 +108,24 @@ def _check_value(value: object, depth: int, error: type[Exception]) -> None:
     raise error(f"value of type {type(value).__name__} is not allowed")
 
 
+def _new_decoder() -> cbor2.CBORDecoder:
+    return cbor2.CBORDecoder(
+        io.BytesIO(),
+        tag_hook=_tag_hook,
+        semantic_decoders=cast("Mapping[int, Any]", _NO_TAGS),
+        str_errors="strict",
+        max_depth=MAX_DEPTH,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+        strict_hashable_types=True,
+    )
+
+
+#: One strict decoder per thread, reused for every item (building one costs more than
+#: decoding a small frame); replaced after any failure so no state survives an error.
+_decoders = threading.local()
+
+
 def decode_item(data: bytes, error: type[Exception] = RemoteProtocolError) -> object:
     """Strictly decode one CBOR data item and nothing after it (wire.md §4).
 
@@ -83,19 +136,14 @@ def decode_item(data: bytes, error: type[Exception] = RemoteProtocolError) -> ob
         error: (RemoteProtocolError by default) with the reason.
     """
     fp = io.BytesIO(data)
-    decoder = cbor2.CBORDecoder(
-        fp,
-        tag_hook=_tag_hook,
-        semantic_decoders=cast("Mapping[int, Any]", _NO_TAGS),
-        str_errors="strict",
-        max_depth=MAX_DEPTH,
-        allow_indefinite=False,
-        allow_duplicate_keys=False,
-        strict_hashable_types=True,
-    )
+    decoder: cbor2.CBORDecoder | None = getattr(_decoders, "decoder", None)
+    if decoder is None:
+        decoder = _decoders.decoder = _new_decoder()
+    decoder.fp = fp
     try:
         value = decoder.decode()
     except Exception as exc:  # cbor2 raises CBORDecodeError, EOF, ValueError, MemoryError …
+        _decoders.decoder = None
         raise error(f"invalid CBOR: {exc}") from None
     if fp.tell() != len(data):
         raise error("trailing bytes after the CBOR item")

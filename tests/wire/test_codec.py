@@ -199,3 +199,12 @@ def test_response_envelope_ok(message: dict[str, object]) -> None:
 )
 def test_response_envelope_refused(message: dict[str, object]) -> None:
     assert codec.response_envelope_problem(message) is not None
+
+
+def test_the_reused_decoder_stays_strict_after_errors() -> None:
+    """decode_item reuses one decoder per thread; a failure must not leave state behind."""
+    good = cbor2.dumps({"id": 1, "op": "ping"})
+    for bad in (b"\xa2\x61a\x01\x61a\x02", b"\xd8\x23\x61x", b"\xbf\xff", good + b"\x00", b"\xa1"):
+        with pytest.raises(RemoteProtocolError):
+            codec.decode(bad)
+        assert codec.decode(good) == {"id": 1, "op": "ping"}
