@@ -14,130 +14,69 @@ ExceptionGroups raised by a handler and tries each member (design.md pitfall 19)
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Any
 
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from allq import __version__
-from allq.errors import AllQError, BadFormat, JobTooBig, Unauthorized
-from allq.errors import NotFound as NotFoundError
-from allq.gateway.bodies import error_response, json_response, parse_json, parse_query
+from allq.errors import AllQError, Unauthorized
+from allq.gateway.bodies import error_response, reply_response
 from allq.gateway.core import GatewayCore
+from allq.gateway.front import (
+    BODY_TIMEOUT_S,
+    HTTP_ERROR_CODES,
+    GatewayApp,
+    answer_route,
+    http_error_reply,
+    token_ok,
+    unauthorized_reply,
+    v1_shaped,
+)
+from allq.gateway.lean import LeanRoutes
 from allq.gateway.metrics import CountingLimiter, GatewayMetrics
 from allq.gateway.openapi import build_document
-from allq.gateway.routes import ROUTES, Call, Limiter, Route, check_path
+from allq.gateway.routes import ROUTES, Route
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a client has to send a whole request body.
-BODY_TIMEOUT_S = 30.0
 #: Added to the long-poll cap for Quart's RESPONSE_TIMEOUT (which, in quart-trio 0.12,
 #: bounds sending the response; the long poll itself is bounded by the cap).
 RESPONSE_MARGIN_S = 30.0
-#: Paths outside /v1/ that answer errors in the v1 shape.
-V1_SHAPED = ("/v1/", "/openapi.json", "/metrics")
 
-
-@dataclass(slots=True)
-class GatewayApp:
-    """What the app keeps: `app.extensions["allq"]`."""
-
-    core: GatewayCore
-    limiter: Limiter
-    long_poll_cap_s: float
-    api_token: str | None
-    document: dict[str, Any]
-    metrics: GatewayMetrics
-
-
-def v1_shaped(path: str) -> bool:
-    return path == "/" or path.startswith(V1_SHAPED)
-
-
-def _token_ok(header: str, token: str) -> bool:
-    scheme, _, credentials = header.partition(" ")
-    given = hashlib.sha256(credentials.strip().encode("utf-8", "replace")).digest()
-    wanted = hashlib.sha256(token.encode("utf-8")).digest()
-    # Both sides hashed first: the comparison takes the same time whatever the lengths.
-    return hmac.compare_digest(given, wanted) and scheme.lower() == "bearer"
+__all__ = ["GatewayApp", "create_app"]
 
 
 def _view(route: Route, state: GatewayApp) -> Callable[..., Awaitable[Response]]:
+    """The Quart view of `route` (reached for what `LeanRoutes` passes on, e.g. HEAD)."""
+
     async def view(**params: str) -> Response:
         started = time.perf_counter()
         try:
-            return await answer(params)
-        finally:  # observability: latency per route, errors included
-            state.metrics.request_done(route.name, time.perf_counter() - started)
-
-    async def answer(params: dict[str, str]) -> Response:
-        bound = state.limiter.request() if route.bounded else nullcontext()
-        with bound:
-            checked = {name: check_path(name, value) for name, value in params.items()}
-            query = parse_query(request.args.items(multi=True), route.query)
             data = await request.get_data(cache=False, as_text=False)
             raw = data if isinstance(data, bytes) else data.encode()
-            if route.body is not None:
-                body = route.body.parse(parse_json(raw))
-            elif raw.strip():
-                raise BadFormat(f"{route.method} {route.path} takes no request body")
-            else:
-                body = None
-            call = Call(
-                core=state.core,
-                limiter=state.limiter,
-                long_poll_cap_s=state.long_poll_cap_s,
-                params=checked,
-                body=body,
-                query=query,
-                document=state.document,
-            )
-            result = await route.handler(call)
-        if isinstance(result, Response):
-            return result
-        return json_response(result.payload, result.status, result.headers)
+            query = request.args.items(multi=True)
+            return reply_response(await answer_route(route, state, params, query, raw))
+        finally:  # observability: latency per route, errors included
+            state.metrics.request_done(route.name, time.perf_counter() - started)
 
     view.__name__ = route.name
     view.__qualname__ = f"v1.{route.name}"
     return view
 
 
-#: The v1 code of each status `_http_error` answers (for the errors-by-code counter).
-_HTTP_CODES = {404: "NOT_FOUND", 405: "BAD_FORMAT", 408: "BAD_FORMAT", 413: "JOB_TOO_BIG"}
-
-
 def _http_error(exc: HTTPException) -> Response:
-    path = request.path
-    status = exc.code or 500
-    headers: dict[str, str] = {}
+    allow = ""
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-        headers["Allow"] = ", ".join(sorted(exc.valid_methods))
-    if not v1_shaped(path):
-        text = "not found" if isinstance(exc, NotFound) else (exc.name or "error").lower()
-        return json_response({"error": text}, status, headers)
-    error: AllQError
-    if status == 404:
-        error = NotFoundError(f"no route {path}")
-    elif status == 413:
-        error = JobTooBig("the request body is larger than the gateway's request limit")
-    elif status == 405:
-        allowed = headers.get("Allow", "")
-        error = BadFormat(f"{request.method} is not allowed on {path} (allowed: {allowed})")
-    elif status < 500:
-        error = BadFormat(exc.description or exc.name or "bad request")
-    else:
-        error = AllQError(exc.description or "internal error")
-    payload = {"error": error.to_record()}
-    return json_response(payload, status, headers)
+        allow = ", ".join(sorted(exc.valid_methods))
+    status = exc.code or 500
+    # Outside the v1 shape the answer is the error's short name ("method not allowed").
+    description = (exc.description or exc.name) if v1_shaped(request.path) else exc.name
+    reply = http_error_reply(request.path, request.method, status, description, allow)
+    return reply_response(reply)
 
 
 def create_app(
@@ -199,14 +138,10 @@ def create_app(
     async def check_token() -> Response | None:
         if api_token is None or request.path in public:
             return None
-        if _token_ok(request.headers.get("Authorization", ""), api_token):
+        if token_ok(request.headers.get("Authorization", ""), api_token):
             return None
         state.metrics.error(Unauthorized.code)
-        if v1_shaped(request.path):
-            return error_response(Unauthorized("a valid 'Authorization: Bearer' token is needed"))
-        return json_response(
-            {"error": "unauthorized"}, 401, {"WWW-Authenticate": 'Bearer realm="allq"'}
-        )
+        return reply_response(unauthorized_reply(request.path))
 
     async def on_allq_error(exc: AllQError) -> Response:
         state.metrics.error(exc.code)
@@ -215,7 +150,9 @@ def create_app(
     async def on_http_error(exc: HTTPException) -> Response:
         response = _http_error(exc)
         status = response.status_code
-        state.metrics.error(_HTTP_CODES.get(status, "BAD_FORMAT" if status < 500 else "INTERNAL"))
+        state.metrics.error(
+            HTTP_ERROR_CODES.get(status, "BAD_FORMAT" if status < 500 else "INTERNAL")
+        )
         return response
 
     async def on_unexpected(exc: Exception) -> Response:
@@ -226,4 +163,8 @@ def create_app(
     app.register_error_handler(AllQError, on_allq_error)
     app.register_error_handler(HTTPException, on_http_error)
     app.register_error_handler(Exception, on_unexpected)
+    # The v1 table's own requests skip Quart's request machinery (see allq.gateway.lean).
+    app.asgi_app = LeanRoutes(  # type: ignore[method-assign,assignment]
+        app.asgi_app, state, ROUTES, max_body_bytes=max_body_bytes
+    )
     return app

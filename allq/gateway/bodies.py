@@ -356,12 +356,21 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def json_response(payload: object, status: int = 200, headers: Mapping[str, str] = {}) -> Response:
+def json_bytes(payload: object) -> bytes:
+    """The compact UTF-8 JSON text of every v1 answer."""
     text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    response = Response(text, status=status, content_type=JSON_CONTENT_TYPE)
+    return text.encode("utf-8")
+
+
+def json_response(payload: object, status: int = 200, headers: Mapping[str, str] = {}) -> Response:
+    response = Response(json_bytes(payload), status=status, content_type=JSON_CONTENT_TYPE)
     for name, value in headers.items():
         response.headers[name] = value
     return response
+
+
+def reply_response(reply: Reply) -> Response:
+    return json_response(reply.payload, reply.status, reply.headers)
 
 
 def retry_after_header(seconds: float) -> str:
@@ -379,14 +388,19 @@ def error_status(exc: AllQError) -> int:
     return V1_HTTP_STATUS.get(exc.code, 500)
 
 
-def error_response(exc: AllQError, extra: Mapping[str, object] = {}) -> Response:
+def error_reply(exc: AllQError, extra: Mapping[str, object] = {}) -> Reply:
+    """The v1 error answer: `{"error": {...}, **extra}`, its status and headers."""
     status = error_status(exc)
     headers: dict[str, str] = {}
     if status in (429, 503):
         headers["Retry-After"] = retry_after_header(getattr(exc, "retry_after", 1.0))
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="allq"'
-    return json_response({**error_payload(exc), **extra}, status, headers)
+    return Reply({**error_payload(exc), **extra}, status, headers)
+
+
+def error_response(exc: AllQError, extra: Mapping[str, object] = {}) -> Response:
+    return reply_response(error_reply(exc, extra))
 
 
 def _seconds(value: float) -> float:

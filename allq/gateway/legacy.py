@@ -33,7 +33,7 @@ from allq.gateway.core import GatewayCore, JobView
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
 
-    from allq.gateway.app import GatewayApp
+    from allq.gateway.front import GatewayApp
 
 log = logging.getLogger(__name__)
 

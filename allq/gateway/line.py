@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import trio
-from quart import Response
 
 from allq.config import ConfigError
 from allq.errors import AllQError, BadFormat, JobTooBig
@@ -209,10 +208,8 @@ async def run_v1(
     call = Call(
         core=core, limiter=limiter, long_poll_cap_s=cap_s, params=path, body=body, query=query
     )
-    result = await route.handler(call)
-    if isinstance(result, Response):  # an error answer that still reports its `done` part
-        return json.loads(await result.get_data(as_text=True))
-    return result.payload
+    # An error answer that still reports its `done` part is a Reply too: its payload.
+    return (await route.handler(call)).payload
 
 
 def _may_wait(action: str, params: dict[str, object]) -> bool:

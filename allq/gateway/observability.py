@@ -27,7 +27,7 @@ from allq.gateway.metrics import JOB_STATES, Snapshot, tube_throttle
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
 
-    from allq.gateway.app import GatewayApp
+    from allq.gateway.front import GatewayApp
 
 #: name -> (file in allq/gateway/static, content type)
 STATIC_FILES = {

@@ -3,7 +3,8 @@
 One table, `ROUTES`, drives both the Quart registration (`allq.gateway.app`) and the
 OpenAPI document (`allq.gateway.openapi`). A handler receives a `Call` whose path
 parameters, JSON body and query string are already checked, calls the gateway core, and
-returns a `Reply` (or a ready `Response`). Handlers call nothing but `GatewayCore`.
+returns a `Reply`. Handlers call nothing but `GatewayCore`, and nothing here knows Quart:
+the same table is served by `allq.gateway.lean` (the hot path) and by Quart (fallback).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
-
-from quart import Response
 
 from allq.errors import AllQError, BadFormat, NotFound, TimedOut, renumber_item_error
 from allq.gateway import bodies as b
@@ -108,7 +107,7 @@ class Call:
         )
 
 
-Handler = Callable[[Call], Awaitable[Reply | Response]]
+Handler = Callable[[Call], Awaitable[Reply]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +126,8 @@ class Route:
     response: Schema = field(default_factory=lambda: {"type": "object"})
     auth: bool = True
     bounded: bool = True
+    #: A long poll: cancelled when its client disconnects (`allq.gateway.lean`).
+    waits: bool = False
     errors: tuple[int, ...] = (400,)
 
     @property
@@ -404,7 +405,7 @@ async def _reserve(
     count: int,
     timeout_s: float,
     done: list[tuple[str, str | None]] | None,
-) -> Reply | Response:
+) -> Reply:
     wait_s = min(timeout_s, call.long_poll_cap_s)
     slot = call.limiter.waiting_slot() if wait_s > 0 else nullcontext()
     with slot:
@@ -419,14 +420,14 @@ async def _reserve(
             if done_results is None:
                 raise
             # The done part happened: the error answer still reports it.
-            return b.error_response(exc, {"done": done_results})
+            return b.error_reply(exc, {"done": done_results})
     payload: dict[str, object] = {"jobs": [call.job(view, with_lease=True) for view in views]}
     if done_results is not None:
         payload["done"] = done_results
     return Reply(payload)
 
 
-async def reserve(call: Call) -> Reply | Response:
+async def reserve(call: Call) -> Reply:
     body = call.body
     return await _reserve(
         call,
@@ -437,7 +438,7 @@ async def reserve(call: Call) -> Reply | Response:
     )
 
 
-async def reserve_tube(call: Call) -> Reply | Response:
+async def reserve_tube(call: Call) -> Reply:
     return await _reserve(
         call,
         [call.tube],
@@ -643,6 +644,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         query=(Q_ENCODING,),
         response=_JOBS_REPLY,
         errors=(400, 503),
+        waits=True,
     ),
     Route(
         "POST",
@@ -655,6 +657,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         query=(Q_COUNT, Q_TIMEOUT, Q_ENCODING),
         response=_JOBS_REPLY,
         errors=(400, 503),
+        waits=True,
     ),
     Route(
         "POST",

@@ -8,13 +8,14 @@ the graceful drain is quick (pitfall 13). Real time, generous `fail_after` (pitf
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
-from allq.gateway.serve import WorkerPool, listening_socket, serve_rest
+from allq.gateway.serve import WorkerPool, hypercorn_config, listening_socket, serve_rest
 from tests.gateway.fakes import FakeCore
 from tests.gateway.rest import make_app
 from tests.helpers.http import HttpClient
@@ -107,3 +108,16 @@ async def test_worker_pool_serves_one_port_from_several_processes() -> None:
         sock.close()
     assert code == 0
     assert [p.exitcode for p in pool.processes] == [0, 0]
+
+
+def test_access_log_given_to_hypercorn_only_when_it_would_write() -> None:
+    logger = logging.getLogger("allq.gateway.access")
+    before = logger.level
+    try:
+        logger.setLevel(logging.INFO)
+        assert hypercorn_config(graceful_timeout_s=1).accesslog is logger
+        assert hypercorn_config(graceful_timeout_s=1, access_log=False).accesslog is None
+        logger.setLevel(logging.WARNING)
+        assert hypercorn_config(graceful_timeout_s=1).accesslog is None
+    finally:
+        logger.setLevel(before)

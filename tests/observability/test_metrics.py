@@ -9,7 +9,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from allq.gateway.app import GatewayApp
+from allq.gateway.front import GatewayApp
 from allq.gateway.metrics import ResetAbsorber, pick_tubes
 from tests.gateway.rest import TOKEN, Rest, make_app
 from tests.helpers.cluster import local_cluster
