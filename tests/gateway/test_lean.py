@@ -236,7 +236,8 @@ async def test_body_in_chunks_within_the_limit_is_joined() -> None:
 
 async def test_slow_body_times_out_with_408(autojump_clock: trio.testing.MockClock) -> None:
     core, lean, _ = apps()
-    chunks: list[Message] = [{"type": "http.request", "body": b'{"body":', "more_body": True}]  # then nothing
+    # The start of a body, then nothing.
+    chunks: list[Message] = [{"type": "http.request", "body": b'{"body":', "more_body": True}]
     started = trio.current_time()
     exchange = await run(lean, scope("POST", "/v1/tubes/work/jobs"), chunks)
     assert trio.current_time() - started == pytest.approx(BODY_TIMEOUT_S)
