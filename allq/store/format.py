@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
 
 import cbor2
 
@@ -325,36 +325,51 @@ def validate_change(change: Mapping[str, object]) -> None:
 
 # --- fast decoding and validation of a file's records -----------------------------------
 
-_PUT_KEYS: Final = {
-    state: frozenset({"t", *_JOB_REQUIRED, time}) for state, time in STATE_TIMES.items()
+# Plain `put` and `state` changes are checked through one tuple of their required values:
+# `(id, tube or state, body?, numbers..., ints...)`. Its tuple of value types must be one of
+# the signatures below (exact types: a bool is not an int); then the ints are range-checked
+# with one min/max, the numbers with one isfinite of their sum (an overflowing sum just sends
+# the change to `validate_change`).
+_NUMBER_TYPES: Final = (int, float)
+
+
+def _signatures(head: tuple[type, ...], numbers: int, ints: int) -> frozenset[tuple[type, ...]]:
+    combos: list[tuple[type, ...]] = [()]
+    for _ in range(numbers):
+        combos = [(*combo, kind) for combo in combos for kind in _NUMBER_TYPES]
+    return frozenset((*head, *combo, *(int,) * ints) for combo in combos)
+
+
+_PUT_INTS: Final = ("priority", "expired_limit", "max_releases", "seq", *COUNTERS)
+_PUT_GET: Final = {
+    state: itemgetter("id", "tube", "body", "ttr", "created_at", time, *_PUT_INTS)
+    for state, time in STATE_TIMES.items()
 }
-_STATE_KEYS: Final = {state: frozenset({"t", *_STATE, time}) for state, time in STATE_TIMES.items()}
-_DELETE_KEYS: Final = frozenset({"t", "id"})
-_PUT_COUNTS: Final = itemgetter("expired_limit", "max_releases", "seq", *COUNTERS)
-_STATE_COUNTS: Final = itemgetter("seq", *COUNTERS)
-_INT_ONLY: Final = frozenset({int})
+_PUT_SIZE: Final = len(_JOB_REQUIRED) + 2  # + "t" + the state's time
+_PUT_SIGNATURES: Final = _signatures((str, str, bytes), 3, len(_PUT_INTS))
+_STATE_INTS: Final = ("priority", "seq", *COUNTERS)
+_STATE_GET: Final = {
+    state: itemgetter("id", time, *_STATE_INTS) for state, time in STATE_TIMES.items()
+}
+_STATE_SIZE: Final = len(_STATE) + 2
+_STATE_SIGNATURES: Final = _signatures((str,), 1, len(_STATE_INTS))
+_OPTIONAL_MATCH: Final = (
+    ("parent_id", LOCAL_ID_RE.fullmatch),
+    ("shard_key", TUBE_NAME_RE.fullmatch),
+    ("idempotency_key", IDEMPOTENCY_KEY_RE.fullmatch),
+)
 _id_match: Final = LOCAL_ID_RE.fullmatch
 _tube_match: Final = TUBE_NAME_RE.fullmatch
-_key_match: Final = IDEMPOTENCY_KEY_RE.fullmatch
 _isfinite: Final = math.isfinite
-
-
-def _counts_ok(values: tuple[Any, ...]) -> bool:
-    """Every value an int in [0, 2**64 - 1] (bools excluded)."""
-    return set(map(type, values)) == _INT_ONLY and min(values) >= 0 and max(values) <= U64_MAX
-
-
-def _number_ok(value: Any) -> bool:
-    kind = type(value)
-    return kind is int or (kind is float and _isfinite(value))
 
 
 class _Reader:
     """Strict decoding and validation of the records of one file's bytes.
 
     One `cbor2.CBORDecoder` reads every record (`decode(start, end)` seeks to the payload and
-    refuses an item that does not end exactly at `end`); `fast_valid` remembers the tube
-    names it already checked.
+    refuses an item that does not end exactly at `end`). On a seekable file cbor2 reads ahead
+    and seeks back when a decode succeeds; after a failure it does not, so the decoder is
+    replaced then. `fast_valid` remembers the tube names it already checked.
     """
 
     __slots__ = ("_decoder", "_fp", "_tubes")
@@ -376,6 +391,9 @@ class _Reader:
         try:
             value = self._decoder.decode()
         except Exception as exc:  # cbor2 raises CBORDecodeError, EOF, ValueError, MemoryError …
+            # A failed decode leaves cbor2's read-ahead buffer behind (a later decode would
+            # read stale bytes): start over with a fresh decoder.
+            self._decoder = cbor2.CBORDecoder(fp, **_STRICT)
             raise FormatError(f"invalid CBOR: {exc}") from None
         if fp.tell() != end:
             if fp.tell() < end:
@@ -400,58 +418,57 @@ class _Reader:
         accepts what these checks do not cover)."""
         kind = change.get("t")
         if kind == "delete":
-            return change.keys() == _DELETE_KEYS and self._id_ok(change["id"])
+            return len(change) == 2 and self._id_ok(change.get("id"))
         state = change.get("state")
-        if type(state) is not str:
+        if type(state) is not str or state not in STATE_TIMES:
             return False
-        if kind == "put":
-            keys = _PUT_KEYS.get(state)
-            if keys is None:
-                return False
-            extra = 0
-            for name, matches in (
-                ("parent_id", _id_match),
-                ("shard_key", _tube_match),
-                ("idempotency_key", _key_match),
-            ):
-                if name in change:
-                    value = change[name]
-                    if type(value) is not str or matches(value) is None:
-                        return False
-                    extra += 1
-            ttr = change.get("ttr", 0)  # missing: not > 0, so validate_change reports it
-            return (
-                len(change) == len(keys) + extra
-                and change.keys() >= keys
-                and self._id_ok(change["id"])
-                and self._tube_ok(change["tube"])
-                and type(change["body"]) is bytes
-                and _number_ok(ttr)
-                and ttr > 0
-                and _number_ok(change["created_at"])
-                and _number_ok(change[STATE_TIMES[state]])
-                and _counts_ok((change["priority"], *_PUT_COUNTS(change)))
-                and change["priority"] <= U32_MAX
-            )
-        if kind == "state":
-            keys = _STATE_KEYS.get(state)
-            return (
-                keys is not None
-                and change.keys() == keys
-                and self._id_ok(change["id"])
-                and _number_ok(change[STATE_TIMES[state]])
-                and _counts_ok((change["priority"], *_STATE_COUNTS(change)))
-                and change["priority"] <= U32_MAX
-            )
+        try:
+            if kind == "put":
+                values = _PUT_GET[state](change)
+                extra = len(change) - _PUT_SIZE
+                return (
+                    tuple(map(type, values)) in _PUT_SIGNATURES
+                    and (extra == 0 or self._optional_ok(change, extra))
+                    and _id_match(values[0]) is not None
+                    and self._tube_ok(values[1])
+                    and values[3] > 0
+                    and _isfinite(values[3] + values[4] + values[5])
+                    and values[6] <= U32_MAX
+                    and min(values[6:]) >= 0
+                    and max(values[6:]) <= U64_MAX
+                )
+            if kind == "state":
+                values = _STATE_GET[state](change)
+                return (
+                    len(change) == _STATE_SIZE
+                    and tuple(map(type, values)) in _STATE_SIGNATURES
+                    and _id_match(values[0]) is not None
+                    and _isfinite(values[1])
+                    and values[2] <= U32_MAX
+                    and min(values[2:]) >= 0
+                    and max(values[2:]) <= U64_MAX
+                )
+        except KeyError:  # a required field is missing
+            return False
         return False
+
+    @staticmethod
+    def _optional_ok(change: dict[str, Any], extra: int) -> bool:
+        """Whether exactly `extra` more fields are present and all are valid optional ones."""
+        found = 0
+        for name, matches in _OPTIONAL_MATCH:
+            if name in change:
+                value = change[name]
+                if type(value) is not str or matches(value) is None:
+                    return False
+                found += 1
+        return found == extra
 
     @staticmethod
     def _id_ok(value: object) -> bool:
         return type(value) is str and _id_match(value) is not None
 
-    def _tube_ok(self, value: object) -> bool:
-        if type(value) is not str:
-            return False
+    def _tube_ok(self, value: str) -> bool:
         if value in self._tubes:
             return True
         if _tube_match(value) is None:
@@ -469,8 +486,9 @@ class Verdict(enum.Enum):
     CORRUPT = "corruption"
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
+    """A whole record: where it starts and ends, and its validated changes."""
+
     offset: int
     end: int
     changes: list[Change]
@@ -582,13 +600,35 @@ def scan(name: str, data: bytes) -> FileScan:
         return FileScan(name, len(data), None, [], problem)
     records: list[Record] = []
     offset = HEADER_SIZE
+    size = len(data)
     reader = _Reader(data)
-    while offset < len(data):
+    view = memoryview(data)
+    crc32 = zlib.crc32
+    while offset < size:
+        # The fast path: a whole record whose CRC matches and whose payload decodes. Anything
+        # else goes to `_read_record`, which says why it is bad.
+        if size - offset >= RECORD_HEADER_SIZE:
+            length, crc = _RECORD_HEAD.unpack_from(data, offset)
+            end = offset + RECORD_HEADER_SIZE + length
+            if (
+                1 <= length <= MAX_PAYLOAD
+                and end <= size
+                and crc
+                == crc32(view[offset + RECORD_HEADER_SIZE : end], crc32(view[offset : offset + 4]))
+            ):
+                try:
+                    records.append(
+                        Record(offset, end, reader.decode(offset + RECORD_HEADER_SIZE, end))
+                    )
+                    offset = end
+                    continue
+                except FormatError:
+                    pass
         item = _read_record(data, offset, reader)
         if isinstance(item, Problem):
             return FileScan(name, len(data), header, records, item)
-        records.append(item)
-        offset = item.end
+        records.append(item)  # pragma: no cover (the fast path took every good record)
+        offset = item.end  # pragma: no cover
     if not records:
         problem = Problem(offset, "no meta record", torn_like=True, in_header=False)
         return FileScan(name, len(data), header, records, problem)

@@ -15,15 +15,17 @@ file go to `quarantine/FILE.OFFSET` (fsynced), the file is cut there, and recove
 tolerating chain breaks and orphans; `Recovered.repaired` then asks for a compaction.
 
 Files are changed only after the whole walk succeeded (truncations, deletions), except the
-quarantines of a repair and the `*.tmp` deletion of step 1.
+quarantines of a repair and the `*.tmp` deletion of step 1. The cyclic garbage collector is
+paused meanwhile (`allq.gcpause`): every change map recovery builds stays alive.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 
+from allq.gcpause import paused_gc
 from allq.store.format import (
     HEADER_SIZE,
     KIND_LOG,
@@ -292,7 +294,24 @@ class _Recovery:
                 )
         changes_seen = 0
         ended = False
+        live, tubes, out = self.live, self.tubes, self.out.changes
         for index, record in enumerate(records):
+            if index and kind == KIND_LOG and len(record.changes) == 1:
+                # The common record of a log, one put of a new job: the checks of
+                # `_record_problem` and the work of `_apply`, without the general loops.
+                change = record.changes[0]
+                if change["t"] == "put" and (job_id := cast("str", change["id"])) not in live:
+                    tube = cast("str", change["tube"])
+                    live[job_id] = tube
+                    ids = tubes.get(tube)
+                    if ids is None:
+                        tubes[tube] = {job_id}
+                    else:
+                        ids.add(job_id)
+                    out.append(change)
+                    changes_seen += 1
+                    self.out.records += 1
+                    continue
             reason = self._record_problem(record, index, kind, ended)
             if reason is not None:
                 self.corrupt(Corruption(name, record.offset, reason, item.size - record.offset))
@@ -412,4 +431,5 @@ def recover(storage: Storage, *, server_id: str | None = None, repair: bool = Fa
         RecoveryError: corruption (without `repair`), or another server's directory.
         OSError: the storage failed.
     """
-    return _Recovery(storage, server_id, repair).run()
+    with paused_gc():
+        return _Recovery(storage, server_id, repair).run()

@@ -6,6 +6,8 @@ gone and which tubes changed settings; `take()` turns that into the ordered chan
 one log record (one request or one tick is one record). `restore()` applies change maps
 literally to an engine, as recovery does: no timers, no parent rules, no waiters.
 `dump()` writes the live state as change maps (a snapshot's content). No clock, no I/O.
+`restore()` enters the jobs it puts into the tube structures in bulk at the end (one sort
+per heap) and pauses the cyclic garbage collector meanwhile (`allq.gcpause`).
 
 Not logged, per semantics.md §17: reserve (R1), touch (R2), unreserve (R10), pause ends,
 idempotency expiry, tube GC and the server-wide drain. A reserved job is written as the
@@ -18,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from allq.gcpause import paused_gc
 from allq.tubes.job import COUNTERS, Job, JobState, ParentInfo
 from allq.tubes.tube import Tube
 
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 Change = dict[str, Any]
 _PARENT_FIELDS = ("timeout", "timeout_at", "run_on_timeout", "limit", "noop", "on_child_failure")
 _CHILD_COUNTS = ("children_started", "children_completed", "children_failed")
+_STATES = {state.value: state for state in JobState if state is not JobState.RESERVED}
 
 
 class RestoreError(ValueError):
@@ -201,45 +205,130 @@ def dump(engine: Engine) -> list[Change]:
 
 
 def restore(engine: Engine, changes: Iterable[Change]) -> int:
-    """Apply change maps literally (recovery); returns how many named an unknown job."""
-    orphans = 0
-    for change in changes:
-        kind = change["t"]
-        if kind == "put":
-            if change["id"] in engine.jobs:
-                raise RestoreError(f"duplicate put of job {change['id']}")
-            _restore_job(engine, _job_from(change), change)
-        elif kind in ("state", "count", "delete"):
-            job = engine.jobs.get(change["id"])
-            if job is None:
-                orphans += 1
-            elif kind == "state":
-                _restore_state(engine, job, change)
-            elif kind == "count":
-                _restore_count(job, change)
-            else:
-                engine._detach(job)
-        elif kind == "clear":
-            tube = engine.tubes.get(change["tube"])
-            if tube is not None:
-                for job in [
-                    *tube.by_age,
-                    *tube.delayed,
-                    *tube.reserved,
-                    *tube.buried,
-                    *tube.waiting,
-                ]:
+    """Apply change maps literally (recovery); returns how many named an unknown job.
+
+    Jobs put by `changes` enter their tube's structures only at the end, in bulk (one sort
+    per heap: `Tube.add_ready_many`, `IndexedHeap.extend`): replay is literal, so a job's
+    place depends only on its final state, and one heap push per job cost more than the
+    rest of the replay. Jobs the engine held before keep the one-change-at-a-time path.
+    """
+    with paused_gc():
+        return _Replay(engine).run(changes)
+
+
+class _Replay:
+    """One `restore()` call: `pending` holds the jobs it put and has not placed yet."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.pending: dict[str, dict[str, Job]] = {}  # tube -> job id -> job
+        self.orphans = 0
+
+    def run(self, changes: Iterable[Change]) -> int:
+        engine = self.engine
+        jobs = engine.jobs
+        pending = self.pending
+        for change in changes:
+            kind = change["t"]
+            if kind == "put":
+                self.put(change)
+            elif kind in ("state", "count", "delete"):
+                job = jobs.get(change["id"])
+                if job is None:
+                    self.orphans += 1
+                    continue
+                group = pending.get(job.tube)
+                waits = group is not None and job.id in group
+                if kind == "state":
+                    if waits:
+                        _set_state(engine, job, change)
+                    else:
+                        _restore_state(engine, job, change)
+                elif kind == "count":
+                    _restore_count(job, change)
+                elif group is not None and waits:
+                    del group[job.id]
+                    del jobs[job.id]
+                    engine._touched.add(job.tube)
+                    engine.changelog.note_gone(job)
+                else:
                     engine._detach(job)
-        elif kind == "tube":
-            _restore_tube(engine, change)
-        elif kind == "idem":
-            engine.restore_key(change["key"], change["id"], change["first_seen"])
-        elif kind == "meta":
-            engine.restore_sequences(change.get("seqs", {}))
-        elif kind != "end":
-            raise RestoreError(f"unknown change type {kind!r}")
-    _finish_restore(engine)
-    return orphans
+            elif kind == "clear":
+                self.clear(change["tube"])
+            elif kind == "tube":
+                _restore_tube(engine, change)
+            elif kind == "idem":
+                engine.restore_key(change["key"], change["id"], change["first_seen"])
+            elif kind == "meta":
+                engine.restore_sequences(change.get("seqs", {}))
+            elif kind != "end":
+                raise RestoreError(f"unknown change type {kind!r}")
+        self.place()
+        _finish_restore(engine)
+        return self.orphans
+
+    def put(self, change: Change) -> None:
+        """A job from a `put` change, in its logged state, without any queue logic."""
+        engine = self.engine
+        job_id = change["id"]
+        if job_id in engine.jobs:
+            raise RestoreError(f"duplicate put of job {job_id}")
+        job = _job_from(change)
+        group = self.pending.get(job.tube)
+        if group is None:
+            _tube(engine, job.tube)
+            group = self.pending[job.tube] = {}
+        if job.state is not JobState.DELAYED and job.state is not JobState.WAITING:
+            engine._put_seq += 1
+            job.put_seq = engine._put_seq
+        engine.jobs[job_id] = job
+        group[job_id] = job
+        _set_place(engine, job, change)
+        if job.idempotency_key is not None:
+            engine.restore_key(job.idempotency_key, job_id, job.created_at)
+
+    def clear(self, name: str) -> None:
+        engine = self.engine
+        for job_id in self.pending.pop(name, {}):
+            del engine.jobs[job_id]
+        tube = engine.tubes.get(name)
+        if tube is not None:
+            for job in [*tube.by_age, *tube.delayed, *tube.reserved, *tube.buried, *tube.waiting]:
+                engine._detach(job)
+            engine._touched.add(name)
+
+    def place(self) -> None:
+        """Enter every pending job into its tube's structures, one sort per heap."""
+        engine = self.engine
+        for name, group in self.pending.items():
+            tube = engine.tubes[name]
+            ready: list[Job] = []
+            delayed: list[tuple[tuple[float, int], Job]] = []
+            waiting: list[tuple[tuple[float, int], Job]] = []
+            buried = tube.buried
+            fair = tube.fair
+            for job in group.values():
+                if fair:
+                    tube.shard_enter(job)
+                state = job.state
+                if state is JobState.READY:
+                    ready.append(job)
+                elif state is JobState.DELAYED:
+                    assert job.due_at is not None
+                    delayed.append(((job.due_at, job.put_seq), job))
+                elif state is JobState.BURIED:
+                    buried[job] = None
+                else:
+                    assert job.parent is not None
+                    waiting.append(((job.parent.timeout_at, job.put_seq), job))
+            if ready:
+                tube.add_ready_many(ready)
+            if delayed:
+                tube.delayed.extend(delayed)
+            if waiting:
+                tube.waiting.extend(waiting)
+            engine._touched.add(name)
+        self.pending.clear()
 
 
 def _tube(engine: Engine, name: str) -> Tube:
@@ -250,21 +339,8 @@ def _tube(engine: Engine, name: str) -> Tube:
     return tube
 
 
-def _restore_job(engine: Engine, job: Job, change: dict[str, Any]) -> None:
-    """Place a job from a `put` change, in its logged state, without any queue logic."""
-    tube = _tube(engine, job.tube)
-    if job.state not in (JobState.DELAYED, JobState.WAITING):
-        engine._put_seq += 1
-        job.put_seq = engine._put_seq
-    engine.jobs[job.id] = job
-    tube.shard_enter(job)
-    _place(engine, job, change)
-    if job.idempotency_key is not None:
-        engine.restore_key(job.idempotency_key, job.id, job.created_at)
-
-
 def _restore_state(engine: Engine, job: Job, change: dict[str, Any]) -> None:
-    """Move a job to the state of a `state` change (and its counters, priority)."""
+    """Move a placed job to the state of a `state` change (and its counters, priority)."""
     tube = engine._tube_of(job)
     state = job.state
     if state is JobState.READY:
@@ -275,39 +351,62 @@ def _restore_state(engine: Engine, job: Job, change: dict[str, Any]) -> None:
         del tube.buried[job]
     elif state is JobState.WAITING:
         tube.waiting.remove(job)
+    _set_state(engine, job, change)
+    _place(engine, job)
+
+
+def _set_state(engine: Engine, job: Job, change: dict[str, Any]) -> None:
+    """The fields of a `state` change, without touching any structure."""
     job.priority = change["priority"]
-    job.state = JobState(change["state"])
+    job.state = _state_of(change)
     for name in COUNTERS:
         setattr(job, name, change[name])
-    _place(engine, job, change)
+    _set_place(engine, job, change)
 
 
-def _place(engine: Engine, job: Job, change: dict[str, Any]) -> None:
-    tube = engine._tube_of(job)
+def _set_place(engine: Engine, job: Job, change: dict[str, Any]) -> None:
+    """The ordering number and time of the job's state, and the engine's high-water marks."""
     seq = int(change["seq"])
     state = job.state
     if state is JobState.READY:
         job.ready_seq = seq
         job.ready_since = change["ready_since"]
-        engine._ready_seq = max(engine._ready_seq, seq)
-        tube.add_ready(job)
+        if seq > engine._ready_seq:
+            engine._ready_seq = seq
     elif state is JobState.DELAYED:
         job.due_at = change["due_at"]
         job.put_seq = seq
-        engine._put_seq = max(engine._put_seq, seq)
-        tube.delayed.push(job, (job.due_at, seq))
+        if seq > engine._put_seq:
+            engine._put_seq = seq
     elif state is JobState.BURIED:
         job.buried_at = change["buried_at"]
         job.buried_seq = seq
-        engine._bury_seq = max(engine._bury_seq, seq)
-        tube.buried[job] = None
+        if seq > engine._bury_seq:
+            engine._bury_seq = seq
     elif state is JobState.WAITING:
-        assert job.parent is not None
+        if job.parent is None:
+            raise RestoreError(f"job {job.id} is waiting but is not a parent")
         job.put_seq = seq
-        engine._put_seq = max(engine._put_seq, seq)
-        tube.waiting.push(job, (job.parent.timeout_at, seq))
+        if seq > engine._put_seq:
+            engine._put_seq = seq
     else:
-        raise ValueError(f"a job cannot be restored as {state.value}")
+        raise RestoreError(f"a job cannot be restored as {state.value}")
+
+
+def _place(engine: Engine, job: Job) -> None:
+    """Enter a job into the structure of its state (fields set by `_set_place`)."""
+    tube = engine._tube_of(job)
+    state = job.state
+    if state is JobState.READY:
+        tube.add_ready(job)
+    elif state is JobState.DELAYED:
+        assert job.due_at is not None
+        tube.delayed.push(job, (job.due_at, job.put_seq))
+    elif state is JobState.BURIED:
+        tube.buried[job] = None
+    else:
+        assert job.parent is not None
+        tube.waiting.push(job, (job.parent.timeout_at, job.put_seq))
     engine._touched.add(tube.name)
 
 
@@ -334,7 +433,15 @@ def _finish_restore(engine: Engine) -> None:
     engine.take_effects()
 
 
+def _state_of(change: Change) -> JobState:
+    state = _STATES.get(change["state"])
+    if state is None:
+        raise RestoreError(f"unknown job state {change['state']!r}")
+    return state
+
+
 def _job_from(change: Change) -> Job:
+    state = _state_of(change)
     job = Job(
         id=change["id"],
         tube=change["tube"],
@@ -344,14 +451,19 @@ def _job_from(change: Change) -> Job:
         expired_limit=change["expired_limit"],
         max_releases=change["max_releases"],
         created_at=change["created_at"],
-        put_seq=change["seq"] if change["state"] in ("delayed", "waiting") else 0,
-        state=JobState(change["state"]),
+        put_seq=change["seq"] if state is JobState.DELAYED or state is JobState.WAITING else 0,
+        state=state,
         parent_id=change.get("parent_id"),
         shard_key=change.get("shard_key"),
         idempotency_key=change.get("idempotency_key"),
+        reserves=change["reserves"],
+        timeouts=change["timeouts"],
+        releases=change["releases"],
+        buries=change["buries"],
+        kicks=change["kicks"],
+        timeouts_since_kick=change["timeouts_since_kick"],
+        releases_since_kick=change["releases_since_kick"],
     )
-    for name in COUNTERS:
-        setattr(job, name, change[name])
     if "timeout_at" in change:
         job.parent = ParentInfo(
             limit=change["limit"],

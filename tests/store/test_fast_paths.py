@@ -119,6 +119,21 @@ def test_an_item_running_past_its_record_is_refused() -> None:
     assert len(item.records) == 1  # the meta record only
 
 
+def test_the_reader_decodes_correctly_after_a_failure_and_in_any_order() -> None:
+    """cbor2 reads ahead; after a failed decode its buffer is stale unless replaced."""
+    good = cbor2.dumps([put(1)])
+    bad = cbor2.dumps([put(2)])[:-10]
+    other = cbor2.dumps([delete(3)])
+    data = good + bad + other + b"\0" * 64
+    reader = _Reader(data)
+    spans = {"good": (0, len(good)), "other": (len(good) + len(bad), len(data) - 64)}
+    for _ in range(3):
+        with pytest.raises(FormatError, match="invalid CBOR"):
+            reader.decode(len(good), len(good) + len(bad))
+        assert reader.decode(*spans["other"]) == [delete(3)]
+        assert reader.decode(*spans["good"]) == [put(1)]
+
+
 def test_trailing_bytes_inside_a_record_are_refused() -> None:
     data = log_bytes(1, 0, []) + _raw_record(cbor2.dumps([delete(1)]) + b"\x00")
     data += encode_record([put(2)])
