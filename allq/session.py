@@ -144,6 +144,9 @@ class Session:
         except* Exception:
             log.exception("connection %s failed", self.peer)
         finally:
+            statistics = getattr(self.stream, "statistics", None)
+            if statistics is not None:
+                log.info("connection %s: %s", self.peer, statistics())
             with trio.move_on_after(1, shield=True):
                 await self.stream.aclose()
 

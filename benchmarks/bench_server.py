@@ -173,6 +173,7 @@ def main() -> None:
         default="all",
         help="comma-separated: handshake,sequential,pipelined (default all)",
     )
+    parser.add_argument("--server-log", type=Path, help="copy the server's log here at the end")
     args = parser.parse_args()
     global client_mode
     client_mode = args.client
@@ -194,6 +195,8 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(timeout=20)
+            if args.server_log is not None:
+                args.server_log.write_text(log_path.read_text())
 
 
 if __name__ == "__main__":

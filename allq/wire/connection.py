@@ -34,7 +34,7 @@ from typing import Final, Literal
 
 import nacl.bindings as sodium
 
-from allq.wire import codec, handshake
+from allq.wire import codec, handshake, secretstream
 from allq.wire.handshake import (
     HEADER_SIZE,
     HELLO_SIZE,
@@ -86,7 +86,6 @@ class Sentinel(enum.Enum):
     PEER_CLOSED = "peer_closed"
 
 
-_StreamState = sodium.crypto_secretstream_xchacha20poly1305_state
 NEED_DATA: Final = Sentinel.NEED_DATA
 PEER_CLOSED: Final = Sentinel.PEER_CLOSED
 
@@ -165,8 +164,10 @@ class Connection:
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
-        self._push: _StreamState | None = None
-        self._pull: _StreamState | None = None
+        self._push: sodium.crypto_secretstream_xchacha20poly1305_state | None = None
+        self._pull: sodium.crypto_secretstream_xchacha20poly1305_state | None = None
+        self._pusher: secretstream.Pusher | None = None
+        self._puller: secretstream.Puller | None = None
         self._pull_key: bytes | None = None
         self._our_final = False
         self._their_final = False
@@ -232,7 +233,8 @@ class Connection:
         return len(self._buf) - self._pos
 
     def _take(self, n: int) -> bytes:
-        chunk = bytes(self._buf[self._pos : self._pos + n])
+        with memoryview(self._buf) as view:  # one copy, released before any resize
+            chunk = bytes(view[self._pos : self._pos + n])
         self._pos += n
         if self._pos > READ_SIZE and self._pos * 2 > len(self._buf):
             del self._buf[: self._pos]
@@ -312,8 +314,10 @@ class Connection:
         return HandshakeComplete(header, self.server_public, "server")
 
     def _open_streams(self, push_key: bytes, pull_key: bytes) -> bytes:
-        self._push = sodium.crypto_secretstream_xchacha20poly1305_state()
-        header: bytes = sodium.crypto_secretstream_xchacha20poly1305_init_push(self._push, push_key)
+        state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        header: bytes = sodium.crypto_secretstream_xchacha20poly1305_init_push(state, push_key)
+        self._push = state
+        self._pusher = secretstream.Pusher(state)
         self._pull_key = pull_key
         self._phase = State.OPEN
         return header
@@ -353,6 +357,7 @@ class Connection:
         except Exception:
             raise FramingError("bad stream header") from None
         self._pull, self._pull_key = state, None
+        self._puller = secretstream.Puller(state)
         return True
 
     def _next_frame(self) -> Event:
@@ -371,7 +376,8 @@ class Connection:
                     "EOF inside a frame" if have else "EOF without a final frame (truncated)"
                 )
             return NEED_DATA
-        ad = bytes(self._buf[self._pos : self._pos + 4])
+        with memoryview(self._buf) as view:
+            ad = bytes(view[self._pos : self._pos + 4])
         (length,) = struct.unpack(">I", ad)
         if length < MIN_FRAME:
             raise FramingError(f"frame length {length} below {MIN_FRAME}")
@@ -383,11 +389,9 @@ class Connection:
             return NEED_DATA
         self._pos += 4
         ciphertext = self._take(length)
-        assert self._pull is not None
+        assert self._puller is not None
         try:
-            plaintext, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(
-                self._pull, ciphertext, ad
-            )
+            plaintext, tag = self._puller.pull(ciphertext, ad)
         except Exception:
             raise FramingError("frame failed authentication") from None
         if tag == TAG_FINAL:
@@ -459,10 +463,8 @@ class Connection:
         if length > self.send_cap:
             raise LocalProtocolError(f"frame of {length} bytes exceeds the peer's cap")
         ad = struct.pack(">I", length)
-        assert self._push is not None
-        ciphertext: bytes = sodium.crypto_secretstream_xchacha20poly1305_push(
-            self._push, plaintext, ad, TAG_FINAL if final else TAG_MESSAGE
-        )
+        assert self._pusher is not None
+        ciphertext = self._pusher.push(plaintext, ad, TAG_FINAL if final else TAG_MESSAGE)
         if ident:
             if self.role is Role.SERVER:
                 self._inflight.discard(ident)

@@ -87,6 +87,8 @@ class EncryptedMessageStream:
         self._frame_timeout = frame_timeout
         self._writer = FrameWriter(stream, write_timeout)
         self._receiving = False
+        self._reads = 0
+        self._received = 0
         self._peer_finished = False
         self._frame_started: float | None = None
         self._closed = False
@@ -181,13 +183,24 @@ class EncryptedMessageStream:
                 deadline = self._frame_started + self._frame_timeout
             with trio.move_on_at(deadline) as scope:
                 data = await self._stream.receive_some(conn.next_read_size())
+            self._reads += 1
             if scope.cancelled_caught:
                 raise FramingError(f"frame not complete within {self._frame_timeout:g} s")
             conn.receive_data(data)
             if data and self._frame_started is None and conn.frame_in_progress:
                 self._frame_started = trio.current_time()
         self._frame_started = trio.current_time() if conn.frame_in_progress else None
+        self._received += len(out)
         return out
+
+    def statistics(self) -> dict[str, int]:
+        """Reads and frames received, writes and frames written (batching at a glance)."""
+        return {
+            "reads": self._reads,
+            "frames_in": self._received,
+            "writes": self._writer.writes,
+            "frames_out": self._writer.written,
+        }
 
     def send_nowait(self, message: Mapping[str, object], *, final: bool = False) -> None:
         """Seal one message and queue it; `flush()` (or any later send) writes it.

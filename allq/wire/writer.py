@@ -37,6 +37,12 @@ class FrameWriter:
         self._writing = False
         self._progress = trio.Event()
         self.broken: str | None = None  # why writes are impossible now
+        self.writes = 0  # send_all calls made
+
+    @property
+    def written(self) -> int:
+        """Frames written since the start."""
+        return self._written
 
     @property
     def pending(self) -> int:
@@ -87,6 +93,7 @@ class FrameWriter:
                         self.broken = f"write blocked for {self.write_timeout:g} s"
                         raise trio.BrokenResourceError(self.broken)
                     self._written += len(frames)
+                    self.writes += 1
                     self._wake()
         finally:
             self._writing = False
