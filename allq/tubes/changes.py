@@ -456,14 +456,11 @@ def _job_from(change: Change) -> Job:
         parent_id=change.get("parent_id"),
         shard_key=change.get("shard_key"),
         idempotency_key=change.get("idempotency_key"),
-        reserves=change["reserves"],
-        timeouts=change["timeouts"],
-        releases=change["releases"],
-        buries=change["buries"],
-        kicks=change["kicks"],
-        timeouts_since_kick=change["timeouts_since_kick"],
-        releases_since_kick=change["releases_since_kick"],
     )
+    for name in COUNTERS:  # 0 is every counter's default: set only the others
+        value = change[name]
+        if value:
+            setattr(job, name, value)
     if "timeout_at" in change:
         job.parent = ParentInfo(
             limit=change["limit"],
