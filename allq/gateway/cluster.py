@@ -81,6 +81,10 @@ class ServerSpec:
     public_key: PublicKey | None = None
 
 
+#: One item of `done_many` bound for a server: (its index, gateway job id, wire fields).
+_DoneItem = tuple[int, str, dict[str, Any]]
+
+
 @dataclass(slots=True, kw_only=True)
 class GatewayConfig:
     servers: list[ServerSpec]
@@ -365,24 +369,36 @@ class Gateway:
         return self._full_id(link, result) if "id" in result else result
 
     async def done_many(self, items: list[tuple[str, str | None]]) -> list[dict[str, Any]]:
-        """Each `done` in the order given for one job, different jobs concurrently."""
+        """`done` for each item, answered in order. The items of one server go in one batch
+        write (so one job's repeated items run in the order given); servers concurrently."""
         results: list[dict[str, Any]] = [{} for _ in items]
-        by_job: dict[str, list[int]] = {}
-        for index, (job_id, _) in enumerate(items):
-            by_job.setdefault(job_id, []).append(index)
+        by_link: dict[ServerLink, list[_DoneItem]] = {}
+        for index, (job_id, lease) in enumerate(items):
+            try:
+                link, local = self._link_for_id(job_id)
+            except AllQError as error:
+                results[index] = {"id": job_id, "error": _error_record(error)}
+                continue
+            fields = {"job_id": local} if lease is None else {"job_id": local, "lease": lease}
+            by_link.setdefault(link, []).append((index, job_id, fields))
 
-        async def one_job(job_id: str, indexes: list[int]) -> None:
-            for index in indexes:
-                lease = items[index][1]
-                try:
-                    await self.job_op("done", job_id, {} if lease is None else {"lease": lease})
+        async def one_server(link: ServerLink, batch: list[_DoneItem]) -> None:
+            try:
+                answers = await link.call_batch([("done", fields) for _, _, fields in batch])
+            except AllQError as error:
+                answers = [error] * len(batch)
+            for (index, job_id, _), answer in zip(batch, answers, strict=True):
+                if isinstance(answer, AllQError):
+                    results[index] = {"id": job_id, "error": _error_record(answer)}
+                else:
                     results[index] = {"id": job_id, "state": "gone"}
-                except AllQError as error:
-                    results[index] = {"id": job_id, "error": _error_record(error)}
 
-        async with trio.open_nursery() as nursery:
-            for job_id, indexes in by_job.items():
-                nursery.start_soon(one_job, job_id, indexes)
+        if len(by_link) == 1:  # the usual case: no task needed
+            await one_server(*next(iter(by_link.items())))
+        else:
+            async with trio.open_nursery() as nursery:
+                for link, batch in by_link.items():
+                    nursery.start_soon(one_server, link, batch)
         return results
 
     # -- tubes ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,21 +127,46 @@ class ServerLink:
 
     async def call(self, op: str, timeout_s: float | None = None, **fields: object) -> Any:
         """One request on this server. Raises NoServer when it is down or goes down."""
+        return (await self._requests(timeout_s, [(op, fields)], single=True))[0]
+
+    async def call_batch(
+        self, requests: Sequence[tuple[str, Mapping[str, object]]]
+    ) -> list[Any | AllQError]:
+        """Several requests sent in one write, answered in order; an `AllQError` answer is
+        returned in its place. Raises NoServer when the server is down or goes down."""
+        return await self._requests(None, requests, single=False)
+
+    async def _requests(
+        self,
+        timeout_s: float | None,
+        requests: Sequence[tuple[str, Mapping[str, object]]],
+        *,
+        single: bool,
+    ) -> list[Any]:
         pool = self.pool
         if pool is None or not self.routable():
             raise NoServer(f"server {self.server_id or self.key} is not available")
         limit = self.settings.request_timeout_s if timeout_s is None else timeout_s
         with trio.CancelScope(deadline=trio.current_time() + limit) as scope:
             self.inflight.add(scope)
-            self.load += 1
+            self.load += len(requests)
             try:
-                return await pool.request(op, **fields)
+                if single:
+                    op, fields = requests[0]
+                    return [await pool.request(op, **fields)]
+                results: list[Any] = []
+                for pending in await pool.pick().start_batch(requests):
+                    try:
+                        results.append(await pending.wait())
+                    except AllQError as error:
+                        results.append(error)
+                return results
             except ConnectionLost as lost:
                 self.connection_lost(str(lost))
                 raise NoServer(f"connection to server {self.server_id} lost") from None
             finally:
                 self.inflight.discard(scope)
-                self.load -= 1
+                self.load -= len(requests)
         raise NoServer(f"server {self.server_id} did not answer in time or was marked down")
 
     def cancel_inflight(self, reason: str) -> None:

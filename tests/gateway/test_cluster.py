@@ -7,6 +7,7 @@ Rules: no HTTP here: the core's methods are called directly; servers are real
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -142,3 +143,43 @@ async def test_server_down_fails_fast_and_rejoins(tmp_path: Path) -> None:
             await gw.tube_control("pause", "t", {})
             assert victim.engine is not None
             assert victim.engine.tubes["t"].paused
+
+
+async def test_done_many_batches_per_server_in_order_with_errors_per_item(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with local_cluster(tmp_path) as cluster:
+            gw = cluster.gateway
+            for i in range(30):
+                await gw.put("d", {"body": f"{i}".encode()})
+            jobs = await gw.reserve(["d"], count=30, wait_s=0)
+            jobs += await gw.reserve(["d"], count=30, wait_s=0)
+            jobs += await gw.reserve(["d"], count=30, wait_s=0)
+            assert len(jobs) == 30
+            assert {job["id"].split(",")[0] for job in jobs} == {"s1", "s2", "s3"}
+            first, second = jobs[0], jobs[1]
+            items: list[tuple[str, str | None]] = [(job["id"], job["lease"]) for job in jobs]
+            items += [
+                (first["id"], first["lease"]),  # again: the first one finished it
+                ("s9," + first["id"].split(",")[1], None),  # no such server
+                (second["id"], "L" * 22),  # a wrong lease, after the right one
+            ]
+            results = await gw.done_many(items)
+            assert results[:30] == [{"id": job["id"], "state": "gone"} for job in jobs]
+            assert [r["id"] for r in results[30:]] == [i for i, _ in items[30:]]
+            assert [r["error"]["code"] for r in results[30:]] == ["NOT_FOUND"] * 3
+            stats = await gw.tube_stats("d")
+            assert (stats["reserved"], stats["total_completed"]) == (0, 30)
+            # a server that is down: its items answer NO_SERVER, the others are done
+            await gw.put("d", {})
+            mine: list[dict[str, Any]] = []
+            while len({job["id"].split(",")[0] for job in mine}) < 2:
+                await gw.put("d", {})
+                mine += await gw.reserve(["d"], count=10, wait_s=0)
+            victim = next(s for s in cluster.servers if mine[0]["id"].startswith(f"{s.name},"))
+            victim.kill()
+            while gw.links[victim.address].routable():
+                await gw.changed.wait()
+            results = await gw.done_many([(job["id"], job["lease"]) for job in mine])
+            on_victim = [job["id"].startswith(f"{victim.name},") for job in mine]
+            codes = [r.get("error", {}).get("code", r.get("state")) for r in results]
+            assert codes == ["NO_SERVER" if dead else "gone" for dead in on_victim]
