@@ -68,15 +68,13 @@ class IndexedHeap(Generic[K]):
         Raises:
             KeyError: an item already in the heap or given twice (the heap is unchanged).
         """
-        added = list(entries)
-        pos = self._pos
-        fresh = {item: None for _, item in added}
-        if len(fresh) != len(added) or not pos.keys().isdisjoint(fresh):
-            raise KeyError("an item is already in the heap")
-        merged = self._entries + added
+        merged = [*self._entries, *entries]
         merged.sort(key=_KEY)
+        pos = {item: index for index, (_, item) in enumerate(merged)}
+        if len(pos) != len(merged):
+            raise KeyError("an item is already in the heap")
         self._entries = merged
-        self._pos = {item: index for index, (_, item) in enumerate(merged)}
+        self._pos = pos
 
     def pop(self) -> tuple[Key, K]:
         if not self._entries:
