@@ -5,9 +5,12 @@ handshake and yields a `Client`; `connect_stream(message_stream)` does the same 
 already-open `MessageStream` (memory streams in tests, `PlainMessageStream` in dev).
 `open_pool(..., size=N)` holds N connections and spreads requests over them.
 
-Many requests share one connection: each gets a fresh id, a one-slot memory channel in
+Many requests share one connection: each gets a fresh id and a `PendingRequest` in
 `Client._slots`, and the reader task (owned by the context manager's nursery) routes each
-answer to its slot. Answers may come in any order (wire.md §5.1).
+answer to it (an event is made only if a caller waits before the answer is in). Answers
+may come in any order (wire.md §5.1). Requests started by concurrent callers in the same
+scheduler tick share one write (the stream's `FrameWriter`); `start_batch` sends a list of
+requests with one write, and the reader routes every answer one read brought.
 
 Resource handling: the context managers own the connection, the stream and the reader
 task. On exit the client sends `{id: 0, closing: "client"}` as the final frame (shielded,
@@ -67,14 +70,23 @@ def _raise_for(answer: Message) -> Any:
 class PendingRequest:
     """A request that has been sent; `await wait()` for its result."""
 
-    def __init__(
-        self, client: Client, ident: int, op: str, receiver: trio.MemoryReceiveChannel[Message]
-    ) -> None:
+    __slots__ = ("_answer", "_consumed", "_ended", "_event", "client", "id", "op")
+
+    def __init__(self, client: Client, ident: int, op: str) -> None:
         self.client = client
         self.id = ident
         self.op = op
-        self._receiver = receiver
         self._answer: Message | None = None
+        self._ended = False  # answered, or the connection ended first
+        self._consumed = False  # the answer went to a caller (or its jobs were given back)
+        self._event: trio.Event | None = None  # made only if a caller waits before the end
+
+    def _resolve(self, answer: Message | None) -> None:
+        """(reader) The answer, or None when the connection ended before it."""
+        self._answer = answer
+        self._ended = True
+        if self._event is not None:
+            self._event.set()
 
     async def wait(self) -> Any:
         """The result, or the typed `AllQError` of the answer.
@@ -83,14 +95,21 @@ class PendingRequest:
             AllQError: the server answered with an error code.
             ConnectionLost: the connection ended first.
         """
-        if self._answer is None:
+        if not self._consumed:
             try:
-                self._answer = await self._receiver.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise self.client._lost_error() from None
+                if self._ended:
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                else:
+                    if self._event is None:
+                        self._event = trio.Event()
+                    await self._event.wait()
             except trio.Cancelled:
                 self.client._abandon(self)
                 raise
+            if self._answer is None:
+                raise self.client._lost_error()
+            self._consumed = True
+        assert self._answer is not None
         return _raise_for(self._answer)
 
     async def cancel(self) -> str:
@@ -114,7 +133,7 @@ class Client:
     ) -> None:
         self.stream = stream
         self._nursery = nursery
-        self._slots: dict[int, trio.MemorySendChannel[Message]] = {}
+        self._slots: dict[int, PendingRequest] = {}
         self._ops: dict[int, str] = {}
         self._abandoned: set[int] = set()
         self._ids = itertools.cycle(range(1, U32_MAX + 1))
@@ -147,8 +166,8 @@ class Client:
             self._inflight.release()
             raise self._lost_error()
         ident = self._next_id()
-        send, receive = trio.open_memory_channel[Message](1)
-        self._slots[ident] = send  # the slot now holds the semaphore unit
+        pending = PendingRequest(self, ident, op)
+        self._slots[ident] = pending  # the slot now holds the semaphore unit
         self._ops[ident] = op
         try:
             await self.stream.send({**fields, "id": ident, "op": op})
@@ -165,7 +184,7 @@ class Client:
             # answer (dropped, jobs returned) or the end of the connection.
             self._abandoned.add(ident)
             raise
-        return PendingRequest(self, ident, op, receive)
+        return pending
 
     async def start_batch(
         self, requests: Sequence[tuple[str, Mapping[str, object]]]
@@ -190,15 +209,15 @@ class Client:
                     self._inflight.release()
                     raise self._lost_error()
                 ident = self._next_id()
-                send, receive = trio.open_memory_channel[Message](1)
-                self._slots[ident] = send
+                request = PendingRequest(self, ident, op)
+                self._slots[ident] = request
                 self._ops[ident] = op
                 try:
                     self.stream.send_nowait({**fields, "id": ident, "op": op})
                 except BaseException:
                     self._release(ident)
                     raise
-                pending.append(PendingRequest(self, ident, op, receive))
+                pending.append(request)
             await self._flush(pending)
         except ProtocolError:
             for request in pending:
@@ -259,7 +278,7 @@ class Client:
             ident = next(self._ids)
         return ident
 
-    def _release(self, ident: int) -> trio.MemorySendChannel[Message] | None:
+    def _release(self, ident: int) -> PendingRequest | None:
         slot = self._slots.pop(ident, None)
         self._ops.pop(ident, None)
         self._abandoned.discard(ident)
@@ -273,14 +292,10 @@ class Client:
 
     def _abandon(self, pending: PendingRequest) -> None:
         """The waiter was cancelled: drop its answer later; end an abandoned reserve."""
-        try:
-            answer = pending._receiver.receive_nowait()
-        except trio.WouldBlock:
-            pass
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            return
-        else:  # the answer was already routed to the slot: hand back any jobs
-            self._return_jobs(pending.op, answer)
+        if pending._ended:
+            if pending._answer is not None and not pending._consumed:
+                pending._consumed = True  # answered already: hand back any jobs
+                self._return_jobs(pending.op, pending._answer)
             return
         if pending.id not in self._slots or self._lost is not None:
             return
@@ -322,9 +337,8 @@ class Client:
         assert slot is not None
         if abandoned:
             self._return_jobs(op, message)
-        else:
-            slot.send_nowait(message)
-        slot.close()
+            slot._consumed = True
+        slot._resolve(message)
 
     async def _reader(self) -> None:
         reason = "connection closed"
@@ -359,7 +373,7 @@ class Client:
         for ident in list(self._slots):
             slot = self._release(ident)
             if slot is not None:
-                slot.close()  # the waiter gets EndOfChannel -> ConnectionLost
+                slot._resolve(None)  # the waiter gets ConnectionLost
         self.closed.set()
 
     async def _goodbye(self) -> None:

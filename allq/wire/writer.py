@@ -35,7 +35,7 @@ class FrameWriter:
         self._queued = 0  # frames queued since the start
         self._written = 0  # frames written since the start
         self._writing = False
-        self._progress = trio.Event()
+        self._progress: trio.Event | None = None  # made when a task waits for the writer
         self.broken: str | None = None  # why writes are impossible now
         self.writes = 0  # send_all calls made
 
@@ -69,6 +69,8 @@ class FrameWriter:
             while self._written < target:
                 if self.broken is not None:
                     raise trio.BrokenResourceError(self.broken)
+                if self._progress is None:
+                    self._progress = trio.Event()
                 await self._progress.wait()
         else:
             await self._drain()
@@ -100,5 +102,6 @@ class FrameWriter:
             self._wake()
 
     def _wake(self) -> None:
-        self._progress.set()
-        self._progress = trio.Event()
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
