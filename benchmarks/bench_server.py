@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -56,8 +57,9 @@ async def measure(
 #: How `pipelined` issues a window: "batch" = `Client.start_batch` (one write for the
 #: window, like the beanstalkd reference client), "tasks" = one task per request calling
 #: `Client.request` (the shape of concurrent gateway callers; writes coalesce per tick).
+#: ALLQ_BENCH_CLIENT sets the default (so `benchmarks.suite` can run either shape).
 CLIENT_MODES = ("batch", "tasks")
-client_mode = "batch"
+client_mode = os.environ.get("ALLQ_BENCH_CLIENT", "batch")
 
 
 async def pipelined(
@@ -165,7 +167,7 @@ def main() -> None:
     parser.add_argument(
         "--client",
         choices=CLIENT_MODES,
-        default="batch",
+        default=client_mode,
         help="pipelined window: one start_batch write, or one task per request",
     )
     parser.add_argument(
