@@ -158,6 +158,7 @@ async def run(
 
 
 def main() -> None:
+    global client_mode
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -177,7 +178,6 @@ def main() -> None:
     )
     parser.add_argument("--server-log", type=Path, help="copy the server's log here at the end")
     args = parser.parse_args()
-    global client_mode
     client_mode = args.client
     with tempfile.TemporaryDirectory() as tmp:
         keys = Path(tmp) / "keys"
