@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 REFUSED_WHEN_STOPPING = frozenset(
     {"reserve", "pause", "unpause", "throttle", "drain", "undrain", "set_shard_limit", "clear"}
 )
+#: Every op a request may name: the engine's and the session's own `cancel`.
+_SESSION_OPS = frozenset(OPERATIONS | {"cancel"})
 #: Ops after which this connection no longer holds the reservation named by the lease.
 _ENDS_RESERVATION = frozenset({"done", "delete", "release", "bury", "unreserve"})
 
@@ -211,14 +213,15 @@ class Session:
         if request_id in self._in_flight_ids:
             raise RemoteProtocolError(f"request id {request_id} is already in flight")
         op = message.get("op")
-        if problem is not None or not isinstance(op, str) or op not in OPERATIONS | {"cancel"}:
+        if problem is not None or not isinstance(op, str) or op not in _SESSION_OPS:
             self._bad_requests += 1
             if self._bad_requests > self.limits.max_bad_requests:
                 raise RemoteProtocolError("too many bad requests")
             error = BadFormat(problem or f"unknown operation {op!r}", field="op")
             self.stream.send_nowait({"id": request_id, **_error_body(error)})
             return False
-        args = {key: value for key, value in message.items() if key not in ("id", "op")}
+        args = dict(message)
+        del args["id"], args["op"]
         if op == "reserve":
             self._reserve(nursery, request_id, args)
         elif op == "cancel":
