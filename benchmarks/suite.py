@@ -733,6 +733,7 @@ def _b8_verdict(v: dict[str, dict[str, Any]]) -> list[tuple[str, bool | None]]:
 
 
 def _b9(procs: Procs, o: Options) -> list[Variant]:
+    """B1 (2 gateway workers) and B5 (1 gateway worker, as in B5) with 1, 2 and 4 servers."""
     servers = [procs.server(f"s{i + 1}") for i in range(4)]
     out = []
     for n in (1, 2, 4):
@@ -743,16 +744,34 @@ def _b9(procs: Procs, o: Options) -> list[Variant]:
 
         roles = {"gateway": [gateway.pid], "server": [p.pid for p, _ in servers[:n]]}
         out.append(Variant(f"{n} server(s), 2 gateway workers", go, roles))
+    runs = iter(range(1_000_000))
+    for n in (1, 2, 4):
+        gateway, address = procs.gateway(1, servers[:n])
+
+        def spike_go(address: tuple[str, int] = address, n: int = n) -> dict[str, Any]:
+            tube = f"b9spike{n}x{next(runs)}"
+            return trio.run(spike, address, o.spike_workers, o.burst, tube, max(60.0, o.seconds))
+
+        roles = {"gateway": [gateway.pid], "server": [p.pid for p, _ in servers[:n]]}
+        name = f"spike, {n} server(s), {o.spike_workers} workers, burst {o.burst:,}"
+        out.append(Variant(name, spike_go, roles))
     return out
 
 
 def _b9_verdict(v: dict[str, dict[str, Any]]) -> list[tuple[str, bool | None]]:
-    one = v["1 server(s), 2 gateway workers"]["jobs_per_s"]["median"]
-    four = v["4 server(s), 2 gateway workers"]["jobs_per_s"]["median"]
+    def rate(name: str) -> float:
+        return float(next(r for k, r in v.items() if k.startswith(name))["jobs_per_s"]["median"])
+
+    one, four = rate("1 server(s)"), rate("4 server(s)")
+    spike_one, spike_four = rate("spike, 1 server(s)"), rate("spike, 4 server(s)")
     empties = sum(r["max"].get("empties", 0) for r in v.values())
-    return [(f"4 servers ≥ 90% of 1: {four / one:.0%}" if one else "no jobs", bool(one) and
-             four >= 0.9 * one),
-            (f"no false empties: {empties}", empties == 0)]  # fmt: skip
+    bad = sum(r["max"].get(k, 0) for r in v.values() for k in ("errors", "lost", "duplicated"))
+    return [(f"B1: 4 servers ≥ 90% of 1: {four / one:.0%}" if one else "B1: no jobs",
+             bool(one) and four >= 0.9 * one),
+            (f"B5: 4 servers ≥ 90% of 1 (drain rate): {spike_four / spike_one:.0%}"
+             if spike_one else "B5: no jobs", bool(spike_one) and spike_four >= 0.9 * spike_one),
+            (f"no false empties: {empties}", empties == 0),
+            (f"spikes: 0 errors / lost / duplicated: {bad}", bad == 0)]  # fmt: skip
 
 
 def _b10(procs: Procs, o: Options) -> list[Variant]:
@@ -793,7 +812,7 @@ BENCHES: dict[str, Bench] = {
               lambda o: 1),
         Bench("B8", "recovery", "ready ≤ 10 s with 1,000,000 jobs", _b8, _b8_verdict,
               lambda o: 1),
-        Bench("B9", "federation", "4 servers within 10% of 1; no false empties", _b9,
+        Bench("B9", "federation", "B1 and B5: 4 servers within 10% of 1; no false empties", _b9,
               _b9_verdict),
         Bench("B10", "persistence", "interval ≥ 70%, always ≥ 20% of memory-only", _b10,
               _b10_verdict),

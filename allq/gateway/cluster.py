@@ -37,6 +37,7 @@ import trio
 from allq.errors import AllQError, BadFormat, Draining, NotFound, TimedOut, renumber_item_error
 from allq.gateway.errors import NoServer
 from allq.gateway.health import Health, HealthBook, HealthPolicy, Transition
+from allq.gateway.hints import ReadyHints
 from allq.gateway.links import LinkSettings, ServerAddress, ServerLink
 from allq.tubes.validate import LOCAL_ID_RE
 from allq.wire.keyfiles import KeyPair, PublicKey
@@ -107,6 +108,8 @@ class Gateway:
         self._routable_ids: frozenset[str] = frozenset()
         # Observability (allq.gateway.metrics): jobs handed out by reserve, by tube.
         self.reserved_by_tube: dict[str, int] = {}
+        #: Where ready jobs probably are: the order in which a reserve asks servers.
+        self.hints = ReadyHints()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -223,6 +226,8 @@ class Gateway:
             except Draining as error:  # nothing was stored: another server may take it
                 draining = error
                 continue
+            if result.get("state") == "ready":
+                self.hints.added(link.key, tube)
             return self._full_id(link, result)
         assert draining is not None
         raise draining
@@ -263,6 +268,7 @@ class Gateway:
                     results[index] = answer
                 else:
                     results[index] = self._full_id(link, answer)
+            self.hints.added(link.key, tube, sum(a.get("state") == "ready" for a in answers))
 
         async with trio.open_nursery() as nursery:
             for link, indexes, batch in groups.values():
@@ -283,16 +289,23 @@ class Gateway:
     async def _reserve(self, tubes: list[str], count: int, wait_s: float) -> list[JobView]:
         links = self._require_routable()
         random.shuffle(links)
+        hints = self.hints
+        if len(links) > 1:  # likeliest first; the shuffle orders the rest
+            links.sort(key=lambda link: -hints.likely(link.key, tubes))
         deadline = trio.current_time() + wait_s
         jobs: list[JobView] = []
         answered = 0
         for link in links:
+            asked = count - len(jobs)
             try:
-                got = await link.call("reserve", tubes=tubes, count=count - len(jobs), timeout=0)
+                got = await link.call("reserve", tubes=tubes, count=asked, timeout=0)
             except (TimedOut, NoServer) as outcome:
-                answered += isinstance(outcome, TimedOut)
+                if isinstance(outcome, TimedOut):
+                    answered += 1
+                    hints.taken(link.key, tubes, (), asked)
                 continue
             answered += 1
+            hints.taken(link.key, tubes, (job["tube"] for job in got), asked)
             jobs.extend(self._full_id(link, job) for job in got)
             if len(jobs) >= count:
                 return jobs

@@ -183,3 +183,45 @@ async def test_done_many_batches_per_server_in_order_with_errors_per_item(tmp_pa
             on_victim = [job["id"].startswith(f"{victim.name},") for job in mine]
             codes = [r.get("error", {}).get("code", r.get("state")) for r in results]
             assert codes == ["NO_SERVER" if dead else "gone" for dead in on_victim]
+
+
+async def test_reserve_asks_the_server_of_the_put_first(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with local_cluster(tmp_path) as cluster:
+            gw = cluster.gateway
+            asked: list[str] = []
+            for link in gw.links.values():
+                real = link.call
+
+                async def spy(op: str, *args: Any, _real: Any = real, _key: str = link.key,
+                              **fields: Any) -> Any:  # fmt: skip
+                    if op == "reserve":
+                        asked.append(_key)
+                    return await _real(op, *args, **fields)
+
+                link.call = spy  # type: ignore[method-assign,assignment]
+            by_name = {server.name: server.address for server in cluster.servers}
+            for i in range(20):
+                put = await gw.put("h", {"body": f"{i}".encode()})
+                asked.clear()
+                (job,) = await gw.reserve(["h"], wait_s=0)
+                assert job["id"] == put["id"]
+                assert asked == [by_name[put["id"].split(",")[0]]]  # one request, the right one
+                await gw.job_op("done", job["id"], {"lease": job["lease"]})
+
+
+async def test_a_wrong_hint_costs_a_request_never_a_false_empty(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with local_cluster(tmp_path) as cluster:
+            gw = cluster.gateway
+            put = await gw.put("w", {})
+            hinted = next(s for s in cluster.servers if put["id"].startswith(f"{s.name},"))
+            other = next(s for s in cluster.servers if s is not hinted)
+            # the hinted job goes away behind the gateway's back; another server gets one
+            assert hinted.shell is not None
+            hinted.shell.call("delete", {"job_id": put["id"].split(",")[1]})
+            other.put("w", b"elsewhere")
+            assert gw.hints.likely(hinted.address, ["w"]) == 1
+            (job,) = await gw.reserve(["w"], wait_s=0)
+            assert job["body"] == b"elsewhere"
+            assert gw.hints.likely(hinted.address, ["w"]) == 0  # the empty answer reset it
