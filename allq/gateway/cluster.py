@@ -290,8 +290,10 @@ class Gateway:
         links = self._require_routable()
         random.shuffle(links)
         hints = self.hints
-        if len(links) > 1:  # likeliest first; the shuffle orders the rest
-            links.sort(key=lambda link: -hints.likely(link.key, tubes))
+        if len(links) > 1:
+            # Servers hinted to hold ready jobs first, in random order among themselves (most
+            # hinted first would send every concurrent reserve to the same server).
+            links.sort(key=lambda link: hints.likely(link.key, tubes) <= 0)
         deadline = trio.current_time() + wait_s
         jobs: list[JobView] = []
         answered = 0

@@ -5,7 +5,8 @@ order, a worker that follows its own put (the usual put -> reserve loop) asks on
 half the servers before the one holding the job, so each extra server costs a wasted
 round trip (B9: 4 servers ran at 67-81 % of 1). The gateway already sees where its puts
 land and what each reserve got, so it keeps a rough count per (server, tube) and asks the
-likeliest server first.
+servers hinted to hold ready jobs first (in random order among themselves: asking the most
+hinted first would herd every concurrent reserve onto one server).
 
 A hint only orders the servers: every routable server is still asked before a reserve
 answers empty, so a wrong hint costs a round trip and never a false empty. Counts go up on
