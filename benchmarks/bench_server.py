@@ -159,7 +159,6 @@ async def run(
 
 def main() -> None:
     global client_mode
-    global client_mode
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
