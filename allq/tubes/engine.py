@@ -381,7 +381,7 @@ class Engine:
     def _enter_delayed(self, job: Job, due_at: float) -> None:
         job.state = JobState.DELAYED
         job.due_at = due_at
-        self._tube_of(job).delayed.push(job, (due_at, job.put_seq))
+        self._tube_of(job).delayed.push(job)
         self._touched.add(job.tube)
         self.changelog.note_moved(job)
 
@@ -451,16 +451,17 @@ class Engine:
         """R1: hand `job` out under a new lease."""
         tube.remove_ready(job, rotate=True)
         tube.take_token()
-        job.prev_ready_seq = job.ready_seq
-        job.prev_ready_since = job.ready_since
         job.state = JobState.RESERVED
-        job.reserves += 1
-        job.lease = self._new_token()
-        job.reserved_at = now
-        job.ttr_deadline = now + job.ttr
-        job.owner = owner
+        x = job.extra()  # the reservation's fields, written in one go
+        x.prev_ready_seq = job.ready_seq
+        x.prev_ready_since = job.ready_since
+        x.reserves += 1
+        x.lease = self._new_token()
+        x.reserved_at = now
+        x.ttr_deadline = now + job.ttr
+        x.owner = owner
         self._reserve_seq += 1
-        job.reserve_seq = self._reserve_seq
+        x.reserve_seq = self._reserve_seq
         tube.add_reserved(job)
         self._touched.add(tube.name)
         if owner is not None:

@@ -89,7 +89,7 @@ def op_touch(engine: Engine, clean: dict[str, object], now: float) -> dict[str, 
     job = _leased_job(engine, clean, lease_optional_state=False)
     tube = engine._tube_of(job)
     job.ttr_deadline = now + job.ttr
-    tube.reserved.update(job, (job.ttr_deadline, job.reserve_seq))
+    tube.reserved.update(job)
     engine._touched.add(tube.name)
     if job.owner is not None:
         engine._refresh_owner(job.owner)

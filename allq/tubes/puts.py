@@ -6,6 +6,7 @@ then is the job created (P1, P2 or P3). Part of the sans-IO engine: no clock, no
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -88,10 +89,12 @@ def _put(
     assert isinstance(max_releases, int) and isinstance(priority, int)
     assert isinstance(ttr, float | int) and isinstance(body, bytes)
     assert shard is None or isinstance(shard, str)
+    if shard is not None:
+        shard = sys.intern(shard)  # one object per shard key, not one per job (B7)
     engine._put_seq += 1
     job = Job(
         id=engine._new_job_id(),
-        tube=name,
+        tube=tube.name,  # the tube's own name object, not the request's copy (B7)
         body=body,
         priority=priority,
         ttr=float(ttr),

@@ -6,7 +6,8 @@ state-preserving primitives (add/remove per state, selection head, token bucket)
 never decides a transition on its own: the engine (`engine.py`) does that, so that
 workflows, waiters and idempotency keys, which span tubes, live in one place.
 
-Structures (keys are tuples, so payloads are never compared):
+Structures (keys are tuples, so payloads are never compared; every heap is a `JobHeap`
+of `jobheap.py`, which keeps a job's place in the job and reads its key from it):
   ready     (priority, ready_seq)          one heap, or one heap per shard on fair tubes
   by_age    (ready_seq,)                   every ready job, for oldest_ready_age_s
   delayed   (due_at, put_seq)
@@ -21,8 +22,8 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from allq.tubes.heap import IndexedHeap
 from allq.tubes.job import Job, JobState
+from allq.tubes.jobheap import DELAY_KEY, PARENT_KEY, TTR_KEY, AgeHeap, JobHeap, ReadyHeap
 
 URGENT_BELOW = 1024
 AVG_SAMPLES = 100
@@ -38,18 +39,18 @@ class Tube:
         self.fair = fair
         self.created_at = now
         # ready jobs
-        self.ready: IndexedHeap[Job] = IndexedHeap()  # non-fair tubes
-        self.shards: dict[str, IndexedHeap[Job]] = {}  # fair tubes: shard -> ready heap
+        self.ready = ReadyHeap()  # non-fair tubes
+        self.shards: dict[str, ReadyHeap] = {}  # fair tubes: shard -> ready heap
         self.rotation: dict[str, None] = {}  # fair tubes: shards with a ready job, FIFO
         self.shard_reserved: dict[str, int] = {}
         self.shard_jobs: dict[str, int] = {}  # jobs in any state per shard
-        self.by_age: IndexedHeap[Job] = IndexedHeap()
+        self.by_age = AgeHeap()
         self.urgent = 0
         # other states
-        self.delayed: IndexedHeap[Job] = IndexedHeap()
-        self.reserved: IndexedHeap[Job] = IndexedHeap()
+        self.delayed = JobHeap(DELAY_KEY)
+        self.reserved = JobHeap(TTR_KEY)
         self.buried: dict[Job, None] = {}
-        self.waiting: IndexedHeap[Job] = IndexedHeap()
+        self.waiting = JobHeap(PARENT_KEY)
         # settings (§4.3)
         self.paused = False
         self.pause_until: float | None = None
@@ -94,19 +95,18 @@ class Tube:
     # -- ready -------------------------------------------------------------------------
 
     def add_ready(self, job: Job) -> None:
-        key = (job.priority, job.ready_seq)
         if self.fair:
             shard = job.shard_key
             assert shard is not None
             heap = self.shards.get(shard)
             if heap is None:
-                heap = self.shards[shard] = IndexedHeap()
-            heap.push(job, key)
+                heap = self.shards[shard] = ReadyHeap()
+            heap.push(job)
             if shard not in self.rotation:
                 self.rotation[shard] = None
         else:
-            self.ready.push(job, key)
-        self.by_age.push(job, (job.ready_seq,))
+            self.ready.push(job)
+        self.by_age.push(job)
         if job.priority < URGENT_BELOW:
             self.urgent += 1
 
@@ -127,7 +127,7 @@ class Tube:
             for shard, group in groups.items():
                 heap = self.shards.get(shard)
                 if heap is None:
-                    heap = self.shards[shard] = IndexedHeap()
+                    heap = self.shards[shard] = ReadyHeap()
                 heap.extend([((job.priority, job.ready_seq), job) for job in group])
             joining = [shard for shard in groups if shard not in self.rotation]
             heads = self.shards
@@ -189,7 +189,7 @@ class Tube:
 
     def add_reserved(self, job: Job) -> None:
         assert job.ttr_deadline is not None
-        self.reserved.push(job, (job.ttr_deadline, job.reserve_seq))
+        self.reserved.push(job)
         if self.fair and job.shard_key is not None:
             self.shard_reserved[job.shard_key] = self.shard_reserved.get(job.shard_key, 0) + 1
 
@@ -391,5 +391,5 @@ class Tube:
                 reserved[job.shard_key] = reserved.get(job.shard_key, 0) + 1
             assert counts == self.shard_jobs
             assert reserved == self.shard_reserved
-        for heap in (self.by_age, self.delayed, self.reserved, self.waiting):
-            heap.check_invariants()
+        for any_heap in (self.by_age, self.delayed, self.reserved, self.waiting):
+            any_heap.check_invariants()

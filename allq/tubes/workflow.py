@@ -41,7 +41,7 @@ class Workflows:
             on_child_failure=on_failure,
         )
         job.state = JobState.WAITING
-        self._engine.tubes[job.tube].waiting.push(job, (job.parent.timeout_at, job.put_seq))
+        self._engine.tubes[job.tube].waiting.push(job)
 
     def child_started(self, parent: Job) -> None:
         assert parent.parent is not None

@@ -23,7 +23,8 @@ from allq.tubes.config import EngineConfig
 from allq.tubes.engine import Engine
 from allq.tubes.events import Delivered, Effect, Waiting
 from allq.tubes.heap import IndexedHeap
-from allq.tubes.job import Job, ParentInfo
+from allq.tubes.job import FIELDS, Job, ParentInfo
+from allq.tubes.jobheap import JobHeap
 from allq.tubes.tube import Tube
 
 START = 1000.0
@@ -71,7 +72,7 @@ def _freeze(value: object) -> object:
         return ("job", value.id)
     if isinstance(value, Tube):
         return ("tube", value.name)
-    if isinstance(value, IndexedHeap):
+    if isinstance(value, IndexedHeap | JobHeap):
         return [(key, _freeze(item)) for key, item in value.sorted_items()]
     if isinstance(value, dict):
         return [(_freeze(k), _freeze(v)) for k, v in value.items()]  # order matters
@@ -85,7 +86,7 @@ def _freeze(value: object) -> object:
 
 
 def job_record(job: Job) -> dict[str, object]:
-    record: dict[str, object] = {f.name: getattr(job, f.name) for f in dataclasses.fields(job)}
+    record: dict[str, object] = {name: getattr(job, name) for name in FIELDS}
     record["state"] = job.state.value
     parent = job.parent
     record["parent"] = dataclasses.asdict(parent) if isinstance(parent, ParentInfo) else None
