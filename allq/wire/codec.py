@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import math
-import threading
 from collections.abc import Mapping
 from typing import Any, Final, NoReturn, cast
 
@@ -121,9 +120,10 @@ def _new_decoder() -> cbor2.CBORDecoder:
     )
 
 
-#: One strict decoder per thread, reused for every item (building one costs more than
-#: decoding a small frame); replaced after any failure so no state survives an error.
-_decoders = threading.local()
+#: Idle strict decoders, reused (building one costs more than decoding a small frame). A
+#: caller pops one (or builds one) and pushes it back after a clean decode, so threads never
+#: share one (list pop/append are atomic) and one that failed is dropped with its state.
+_idle_decoders: list[cbor2.CBORDecoder] = []
 
 
 def decode_item(data: bytes, error: type[Exception] = RemoteProtocolError) -> object:
@@ -136,15 +136,16 @@ def decode_item(data: bytes, error: type[Exception] = RemoteProtocolError) -> ob
         error: (RemoteProtocolError by default) with the reason.
     """
     fp = io.BytesIO(data)
-    decoder: cbor2.CBORDecoder | None = getattr(_decoders, "decoder", None)
-    if decoder is None:
-        decoder = _decoders.decoder = _new_decoder()
+    try:
+        decoder = _idle_decoders.pop()
+    except IndexError:
+        decoder = _new_decoder()
     decoder.fp = fp
     try:
         value = decoder.decode()
     except Exception as exc:  # cbor2 raises CBORDecodeError, EOF, ValueError, MemoryError …
-        _decoders.decoder = None
         raise error(f"invalid CBOR: {exc}") from None
+    _idle_decoders.append(decoder)
     if fp.tell() != len(data):
         raise error("trailing bytes after the CBOR item")
     _check_value(value, 1, error)
