@@ -237,19 +237,19 @@ class Session:
         return False
 
     async def _answer_when_durable(self, items: list[tuple[int, dict[str, object], int]]) -> None:
+        error: dict[str, object] | None = None
         try:
-            error: dict[str, object] | None = None
             try:
                 await self.shell.durable(max(position for _, _, position in items))
             except AllQError as failure:
                 error = _error_body(failure)
             for request_id, body, _ in items:
                 self.stream.send_nowait({"id": request_id, **(error or body)})
-            await self._flush()
+                self._finish(request_id)  # answered: the client may reuse the id from now on
         finally:
-            for request_id, _, _ in items:
-                self._in_flight_ids.discard(request_id)
-            self._signal()
+            for request_id, _, _ in items:  # cancelled or failed: these get no answer
+                self._finish(request_id)
+        await self._flush()
 
     def _apply(self, op: str, args: Mapping[str, object]) -> dict[str, object]:
         """Apply one immediate op synchronously; return the answer body."""
@@ -292,21 +292,30 @@ class Session:
                 jobs = await self.shell.wait_reserve(pending.waiter)
             except AllQError as error:
                 pending.waiter = None
-                await self._send({"id": request_id, **_error_body(error)})
+                self.stream.send_nowait({"id": request_id, **_error_body(error)})
+                self._answered(request_id, pending)
+                await self._flush()
                 return
             pending.waiter = None
             pending.delivered = True
-            await self._send_jobs(request_id, jobs)
+            await self._send_jobs(request_id, jobs, pending)
         finally:
-            pending.answered.set()
+            self._answered(request_id, pending)
+
+    def _answered(self, request_id: int, pending: _PendingReserve) -> None:
+        """The reserve's answer is queued (or cannot be): its id is free for the client to
+        reuse, and a `cancel` waiting for it may answer now (its answer goes out after)."""
+        pending.answered.set()
+        if self._pending.get(request_id) is pending:
             del self._pending[request_id]
             self._finish(request_id)
 
-    async def _send_jobs(self, request_id: int, jobs: JobViews) -> None:
+    async def _send_jobs(self, request_id: int, jobs: JobViews, pending: _PendingReserve) -> None:
         """Send reserved jobs; if they cannot be written, give them back at once."""
         sent = False
         try:
             self.stream.send_nowait({"id": request_id, "result": jobs})
+            self._answered(request_id, pending)
             # Queued means written unless the link breaks, so the wait is not cancellable:
             # the outcome has to be known to hold the jobs or give them back.
             with trio.CancelScope(shield=True):
@@ -342,13 +351,19 @@ class Session:
             outcome = "delivered" if pending.delivered else "unknown"
             if cancelled:
                 outcome = "cancelled"
-            await self._send({"id": request_id, "result": {"outcome": outcome}})
+            self.stream.send_nowait({"id": request_id, "result": {"outcome": outcome}})
         finally:
-            self._finish(request_id)
+            self._finish(request_id)  # answered (or never will be): the id is free
+        await self._flush()
 
     def _finish(self, request_id: int) -> None:
-        self._in_flight_ids.discard(request_id)
-        self._signal()
+        """A task-held request is answered (queued): free its id and its in-flight slot.
+
+        Done when the answer is queued, not once written: the client may get the answer
+        and reuse the id while the write is still finishing."""
+        if request_id in self._in_flight_ids:
+            self._in_flight_ids.discard(request_id)
+            self._signal()
 
     def _signal(self) -> None:
         self._changed.set()

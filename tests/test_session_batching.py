@@ -152,3 +152,39 @@ async def test_client_start_batch_sends_one_write(autojump_clock: trio.testing.M
             assert client.in_flight == 0
             stats = await client.request("stats_tube", tube="b")
             assert stats["ready"] == 30
+
+
+class SlowAfterMarker(CountingStream):
+    """Writes at once, but a write holding `MARK` returns only a second later."""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+        if b"MARK" in bytes(data):
+            await trio.sleep(1)
+
+
+async def test_an_id_is_free_once_its_answer_is_queued(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The client may reuse an id as soon as it has the answer, even while the server's
+    task that wrote it is still inside its write (it used to be a protocol error)."""
+
+    async def slow(stream: trio.abc.Stream) -> MessageStream:
+        return PlainMessageStream(SlowAfterMarker(stream))
+
+    async with memory_server(transport=slow) as server:
+        worker = PlainMessageStream(await server.listener.connect())
+        producer = PlainMessageStream(await server.listener.connect())
+        await worker.send({"id": 1, "op": "reserve", "tubes": ["t"], "timeout": 10})
+        await trio.testing.wait_all_tasks_blocked()
+        await producer.send({"id": 1, "op": "put", "tube": "t", "body": b"MARK"})
+        answer: dict[str, Any] = await worker.receive()  # written by the reserve's task
+        assert answer["result"][0]["body"] == b"MARK"
+        start = trio.current_time()
+        await worker.send({"id": 1, "op": "ping"})  # reused while that task still writes
+        answer = dict(await worker.receive())
+        assert answer["id"] == 1
+        assert answer["result"]["pong"] is True
+        assert trio.current_time() - start == pytest.approx(1.0)  # after the slow write
+        await worker.aclose()
+        await producer.aclose()
