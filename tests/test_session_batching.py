@@ -20,6 +20,7 @@ from allq.wire.client import connect_stream
 from allq.wire.plain import PlainMessageStream
 from allq.wire.transport import MessageStream
 from tests.helpers.servers import memory_server
+from tests.wire.helpers import encrypted_pair
 from tests.wire.test_batching import CountingStream
 
 
@@ -188,3 +189,29 @@ async def test_an_id_is_free_once_its_answer_is_queued(
         assert trio.current_time() - start == pytest.approx(1.0)  # after the slow write
         await worker.aclose()
         await producer.aclose()
+
+
+async def test_background_requests_started_during_the_goodbye_are_dropped_quietly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A cut window's abandoned answers make the client give jobs back in background
+    tasks; one that runs while the goodbye is being written must not fail the client
+    (it used to raise "cannot send after the final frame" out of the context manager)."""
+
+    class SlowWrites(CountingStream):
+        slow = False
+
+        async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+            await self.inner.send_all(data)
+            if self.slow:
+                await trio.sleep(0.5)  # the goodbye's write is still running meanwhile
+
+    a, b = trio.testing.memory_stream_pair()
+    slow = SlowWrites(a)
+    client_stream, server_stream = await encrypted_pair(slow, b)
+    async with connect_stream(client_stream) as client:
+        for _ in range(5):
+            client._nursery.start_soon(client._background, "ping", {})
+        slow.slow = True
+    assert not client.alive
+    await server_stream.aclose()

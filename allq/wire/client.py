@@ -316,7 +316,7 @@ class Client:
     async def _background(self, op: str, fields: dict[str, object]) -> None:
         try:
             await self.request(op, **fields)
-        except (AllQError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except (AllQError, ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # best effort: the lease's TTR returns the job anyway
 
     def _route(self, message: Message) -> None:
@@ -378,6 +378,9 @@ class Client:
 
     async def _goodbye(self) -> None:
         if self._lost is None:
+            # No new request from here on: one started while the goodbye is being written
+            # (a background `unreserve`/`cancel`) would follow the final frame.
+            self._lost = "closed by the client"
             with trio.move_on_after(CLOSE_GRACE, shield=True):
                 try:
                     await self.stream.send({"id": 0, "closing": "client"}, final=True)
