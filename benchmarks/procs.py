@@ -13,11 +13,15 @@ from pathlib import Path
 LISTENING = re.compile(r"listening on (?:http://)?([0-9.]+):(\d+)")
 
 
+START_TIMEOUT_S = 180.0  # a server recovering 1,000,000 jobs (B8) may take a while
+
+
 def start(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
-    """`python -m allq ARGS` with stderr to `log`; waits for its "listening on" line."""
+    """`python -m allq ARGS` with stderr to `log`; waits for its "listening on" line (at
+    most `START_TIMEOUT_S`)."""
     with log.open("w") as handle:
         process = subprocess.Popen([sys.executable, "-m", "allq", *args], stderr=handle)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + START_TIMEOUT_S
     while not (match := LISTENING.search(log.read_text())):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()

@@ -208,7 +208,7 @@ def restore(engine: Engine, changes: Iterable[Change]) -> int:
     """Apply change maps literally (recovery); returns how many named an unknown job.
 
     Jobs put by `changes` enter their tube's structures only at the end, in bulk (one sort
-    per heap: `Tube.add_ready_many`, `IndexedHeap.extend`): replay is literal, so a job's
+    per heap: `Tube.add_ready_many`, `JobHeap.extend`): replay is literal, so a job's
     place depends only on its final state, and one heap push per job cost more than the
     rest of the replay. Jobs the engine held before keep the one-change-at-a-time path.
     """

@@ -2,21 +2,18 @@
 
 Charter: items are hashable handles (job ids, waiter ids, tube names); keys are tuples
 that never compare payloads. `push`, `pop`, `remove(item)` and `update(item, key)` are
-O(log n); `peek`, `__contains__` and `key_of` are O(1); `extend` adds many entries with one
-sort (recovery). No I/O, no clock, no trio.
+O(log n); `peek`, `__contains__` and `key_of` are O(1). No I/O, no clock, no trio.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
-from operator import itemgetter
-from typing import Any, Final, Generic, TypeVar
+from collections.abc import Hashable, Iterator
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
 # Keys are tuples of numbers (and occasionally strings); typed loosely on purpose.
 Key = tuple[Any, ...]
-_KEY: Final = itemgetter(0)
 
 
 class IndexedHeap(Generic[K]):
@@ -59,22 +56,6 @@ class IndexedHeap(Generic[K]):
         self._entries.append((key, item))
         self._pos[item] = len(self._entries) - 1
         self._sift_up(len(self._entries) - 1)
-
-    def extend(self, entries: Iterable[tuple[Key, K]]) -> None:
-        """Add many `(key, item)` pairs at once: O(n log n) in C, and O(n) when the entries
-        come (nearly) in key order, as recovery's do. A sorted list is a valid heap; the sort
-        compares keys only and is stable, like `push`.
-
-        Raises:
-            KeyError: an item already in the heap or given twice (the heap is unchanged).
-        """
-        merged = [*self._entries, *entries]
-        merged.sort(key=_KEY)
-        pos = {item: index for index, (_, item) in enumerate(merged)}
-        if len(pos) != len(merged):
-            raise KeyError("an item is already in the heap")
-        self._entries = merged
-        self._pos = pos
 
     def pop(self) -> tuple[Key, K]:
         if not self._entries:

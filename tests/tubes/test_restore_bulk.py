@@ -1,6 +1,6 @@
 """The bulk paths of `restore()` (performance.md B8): jobs placed at the end with one sort
-per heap, jobs the engine already held kept on the one-change-at-a-time path, the garbage
-collector paused around the load.
+per heap (`JobHeap.extend`, tested in test_jobheap.py), jobs the engine already held kept on
+the one-change-at-a-time path, the garbage collector paused around the load.
 """
 
 from __future__ import annotations
@@ -15,40 +15,8 @@ from hypothesis import strategies as st
 
 from allq import gcpause
 from allq.tubes.changes import dump, restore
-from allq.tubes.heap import IndexedHeap
 from tests.helpers.engines import make_engine
 from tests.tubes.test_changes import Recorder, assert_same, restored, step
-
-
-@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 50)), max_size=60), st.integers(0, 20))
-def test_heap_extend_equals_pushes(keys: list[tuple[int, int]], before: int) -> None:
-    pushed: IndexedHeap[int] = IndexedHeap()
-    bulk: IndexedHeap[int] = IndexedHeap()
-    for item in range(before):  # a heap that already holds entries
-        pushed.push(-1 - item, (item % 3, item))
-        bulk.push(-1 - item, (item % 3, item))
-    for item, key in enumerate(keys):
-        pushed.push(item, key)
-    bulk.extend([(key, item) for item, key in enumerate(keys)])
-    bulk.check_invariants()
-    assert sorted(bulk) == sorted(pushed)
-    for item, key in enumerate(keys):
-        assert bulk.key_of(item) == key
-    # equal keys never compare the items and come out in some order of equal keys
-    assert [bulk.pop()[0] for _ in range(len(bulk))] == [
-        pushed.pop()[0] for _ in range(len(pushed))
-    ]
-
-
-def test_heap_extend_refuses_duplicates_and_keeps_the_heap() -> None:
-    heap: IndexedHeap[str] = IndexedHeap()
-    heap.push("a", (1,))
-    with pytest.raises(KeyError):
-        heap.extend([((2,), "a")])
-    with pytest.raises(KeyError):
-        heap.extend([((2,), "b"), ((3,), "b")])
-    assert list(heap) == ["a"]
-    heap.check_invariants()
 
 
 @given(st.lists(step, max_size=80), st.integers(0, 100))
