@@ -440,8 +440,22 @@ class Compactor:
         )
 
 
+#: Niceness added to the compaction child: background work yields the CPU to the serving
+#: process (on a busy 2-core machine the child and the server otherwise share it evenly).
+COMPACTION_NICENESS: Final = 10
+
+
+def lower_priority(increment: int = COMPACTION_NICENESS) -> None:
+    """Make this process nicer by `increment`; where that is not allowed, carry on as is."""
+    try:
+        os.nice(increment)
+    except OSError as exc:
+        log.debug("compaction keeps its priority: %s", exc)
+
+
 def _compact_directory(
     path: str, upto: int, config: EngineConfig, server_id: str, version: str
 ) -> Compacted | None:
     """`compact()` on a directory, in a child process (the parent keeps the lock)."""
+    lower_priority()
     return compact(OsStorage(path), upto=upto, config=config, server_id=server_id, version=version)

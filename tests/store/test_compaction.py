@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import multiprocessing
 import os
 import random
 from collections.abc import Callable
@@ -21,7 +22,13 @@ import pytest
 import trio
 import trio.testing
 
-from allq.store.compaction import CompactionError, Compactor, compact
+from allq.store.compaction import (
+    COMPACTION_NICENESS,
+    CompactionError,
+    Compactor,
+    compact,
+    lower_priority,
+)
 from allq.store.format import TMP_SUFFIX, log_name, parse_name, snap_name
 from allq.store.log import LogWriter, open_log_writer
 from allq.store.recovery import recover
@@ -396,3 +403,17 @@ async def test_a_real_server_compacts_under_load_and_restarts_with_the_same_jobs
             restarted.stop()
     finally:
         server.kill()
+
+
+def _niceness_after_lowering() -> tuple[int, int]:
+    before = os.nice(0)
+    lower_priority()
+    return before, os.nice(0)
+
+
+def test_the_compaction_child_runs_at_a_lower_priority() -> None:
+    # In a spawned process like the compaction child, so this test process keeps its own.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        before, after = pool.apply(_niceness_after_lowering)
+    assert after == min(19, before + COMPACTION_NICENESS)
