@@ -27,6 +27,7 @@ from typing import Protocol
 import trio
 
 from allq.errors import AllQError, Cancelled, DeadlineSoon, Internal, ShuttingDown, TimedOut
+from allq.gcpause import GrowthFreezer
 from allq.store.log import WriteFailed
 from allq.tubes.engine import Engine, Result
 from allq.tubes.events import Delivered, Effect, Waiting, WaitTimedOut
@@ -101,6 +102,8 @@ class EngineShell:
         self.min_free_bytes = 0
         self._space_checked_at = -math.inf
         self.written_position: int | None = None  # end of the last call's record, if any
+        #: Keeps full collections off the jobs as the queue grows (allq.gcpause).
+        self.freezer = GrowthFreezer()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -148,6 +151,7 @@ class EngineShell:
         finally:
             failed = not self._write_changes()
             self._after_call()
+            self.freezer.note(len(self.engine.jobs))
         if failed:
             raise Internal("persistence failed: the change could not be written; restart required")
         return result
