@@ -15,13 +15,13 @@ import trio
 
 from allq.wire import codec
 from allq.wire.transport import Message, RemoteProtocolError
-from allq.wire.writer import FrameWriter
+from allq.wire.writer import FrameWriter, WriterBacked
 
 _LENGTH = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 1_048_576 + 65_536
 
 
-class PlainMessageStream:
+class PlainMessageStream(WriterBacked):
     """`MessageStream` over any `trio.abc.Stream` with length-prefixed CBOR frames.
 
     Resource handling: it owns `stream` and closes it in `aclose()`.
@@ -102,15 +102,6 @@ class PlainMessageStream:
             raise trio.BrokenResourceError(self._writer.broken)
         payload = codec.encode(message)
         self._writer.queue(_LENGTH.pack(len(payload)) + payload)
-
-    @property
-    def write_timeout(self) -> float:
-        """Seconds a write may stay blocked before the stream counts as broken."""
-        return self._writer.write_timeout
-
-    @write_timeout.setter
-    def write_timeout(self, value: float) -> None:
-        self._writer.write_timeout = value
 
     async def flush(self) -> None:
         await self._writer.flush()

@@ -42,7 +42,7 @@ from allq.wire.connection import (
 from allq.wire.handshake import HandshakeError, ReplayCache
 from allq.wire.keyfiles import AllowList, KeyPair, PublicKey, fingerprint
 from allq.wire.transport import LocalProtocolError, Message, RemoteProtocolError
-from allq.wire.writer import FrameWriter
+from allq.wire.writer import FrameWriter, WriterBacked
 
 HANDSHAKE_TIMEOUT = 5.0
 FRAME_TIMEOUT = 30.0
@@ -63,7 +63,7 @@ class HandshakeFailed(Exception):
         self.fingerprint = fingerprint
 
 
-class EncryptedMessageStream:
+class EncryptedMessageStream(WriterBacked):
     """Messages over a secretstream-framed byte stream (wire.md §4, §5).
 
     `receive()` returns each message; after a message that came in a TAG_FINAL frame
@@ -217,15 +217,6 @@ class EncryptedMessageStream:
         if self._writer.broken is not None:
             raise trio.BrokenResourceError(self._writer.broken)
         self._writer.queue(self._conn.send(message, final))
-
-    @property
-    def write_timeout(self) -> float:
-        """Seconds a write may stay blocked before the stream counts as broken."""
-        return self._writer.write_timeout
-
-    @write_timeout.setter
-    def write_timeout(self, value: float) -> None:
-        self._writer.write_timeout = value
 
     async def flush(self) -> None:
         """Write every queued frame: one `send_all` for all frames queued meanwhile.

@@ -105,3 +105,18 @@ class FrameWriter:
         if self._progress is not None:
             self._progress.set()
             self._progress = None
+
+
+class WriterBacked:
+    """What a message stream built on a `FrameWriter` (`self._writer`) shares."""
+
+    _writer: FrameWriter
+
+    @property
+    def write_timeout(self) -> float:
+        """Seconds a write may stay blocked before the stream counts as broken."""
+        return self._writer.write_timeout
+
+    @write_timeout.setter
+    def write_timeout(self, value: float) -> None:
+        self._writer.write_timeout = value
