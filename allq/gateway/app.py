@@ -3,7 +3,11 @@
 There is no module-level app. Every route comes from `routes.ROUTES`; each is wrapped so
 that, in order: the bearer token is checked (before_request, every route but /healthz and
 /readyz, unknown paths included), an in-flight slot is taken (429 OVERLOADED at once past
-`max_inflight`), path parameters, query and JSON body are checked, then the handler runs.
+`max_inflight`), path parameters, query and JSON body are checked, then the handler runs
+(`front.answer_route`). Requests that match a `ROUTES` entry exactly are answered by the
+same pipeline before Quart sees them (`allq.gateway.lean.LeanRoutes`, wrapped around
+`app.asgi_app`); Quart serves the rest: HEAD, wrong methods, unknown paths, legacy routes,
+metrics and the dashboard.
 
 Errors: `AllQError` -> `{"error": {"code","message","field"?}}` with `V1_HTTP_STATUS` (and
 `Retry-After` on 429/503); Werkzeug's HTTP errors (404, 405, 413, 408) -> the v1 shape
