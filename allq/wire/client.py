@@ -180,9 +180,10 @@ class Client:
                 raise
             raise self._lost_error(f"send failed: {exc!r}") from exc
         except BaseException:
-            # Cancelled mid-send: the request may have gone out, so keep its id until an
-            # answer (dropped, jobs returned) or the end of the connection.
-            self._abandoned.add(ident)
+            # Cancelled mid-send: the request may have gone out, and its answer may even
+            # have arrived while the write was finishing: abandon it like a cancelled
+            # waiter (jobs already answered go back, a waiting reserve gets `cancel`).
+            self._abandon(pending)
             raise
         return pending
 

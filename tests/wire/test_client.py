@@ -369,3 +369,45 @@ async def test_goodbye_after_the_peer_broke_the_protocol_is_skipped_quietly() ->
             scope.cancel()
             await trio.sleep_forever()
     assert scope.cancelled_caught
+
+
+async def test_answer_that_arrives_while_the_sender_is_still_writing_returns_its_jobs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The reserve's frame is queued, its write has not returned yet, the answer (with a
+    # job) arrives and is routed, and then the sender is cancelled: the job must go back.
+    # (A 4-server spike left such jobs reserved until their TTR.)
+    client_stream, server_stream = await encrypted_pair()
+    assert isinstance(client_stream, EncryptedMessageStream)
+    gate = trio.Event()
+    real_send = client_stream.send
+
+    async def send_held_at_the_gate(message: Message, *, final: bool = False) -> None:
+        if message.get("op") != "reserve":
+            await real_send(message, final=final)
+            return
+        client_stream.send_nowait(message, final=final)
+        await client_stream.flush()  # written: the server can answer
+        await gate.wait()  # ... but the sender has not returned yet
+
+    client_stream.send = send_held_at_the_gate  # type: ignore[method-assign,assignment]
+    async with connect_stream(client_stream) as client:
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def requester() -> None:
+                with scope:
+                    await client.request("reserve", tubes=["a"], timeout=30)
+
+            nursery.start_soon(requester)
+            reserve = await server_stream.receive()
+            job = {"id": "s1,7", "lease": "Q" * 22, "body": b"x"}
+            await server_stream.send({"id": reserve["id"], "result": [job]})
+            await trio.testing.wait_all_tasks_blocked()  # routed while the sender waits
+            scope.cancel()
+        with trio.fail_after(5):  # virtual time: fails fast if no unreserve comes
+            unreserve = await server_stream.receive()
+        assert unreserve["op"] == "unreserve"
+        assert (unreserve["job_id"], unreserve["lease"]) == ("s1,7", "Q" * 22)
+        await server_stream.send({"id": unreserve["id"], "result": {}})
+    await server_stream.aclose()
