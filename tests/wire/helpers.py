@@ -83,3 +83,25 @@ async def encrypted_pair(
         nursery.start_soon(serve)
         nursery.start_soon(connect)
     return results["client"], results["server"]
+
+
+class ForwardingStream(trio.abc.Stream):
+    """Wraps a stream and forwards everything to it; tests override `send_all`."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        raise NotImplementedError
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

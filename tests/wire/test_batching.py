@@ -13,7 +13,7 @@ import trio.testing
 
 from allq.wire.connection import FramingError
 from allq.wire.writer import FrameWriter
-from tests.wire.helpers import encrypted_pair
+from tests.wire.helpers import ForwardingStream, encrypted_pair
 
 
 @pytest.fixture
@@ -21,28 +21,16 @@ def autojump_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
 
 
-class CountingStream(trio.abc.Stream):
+class CountingStream(ForwardingStream):
     """Wraps a stream and records the size of every `send_all`."""
 
     def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.writes: list[int] = []
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.writes.append(len(data))
         await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        raise NotImplementedError
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def counted_pair() -> tuple[CountingStream, trio.abc.Stream]:

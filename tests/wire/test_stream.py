@@ -31,6 +31,7 @@ from tests.wire.helpers import (
     NOW,
     SERVER,
     STRANGER,
+    ForwardingStream,
     client_conn,
     encrypted_pair,
 )
@@ -306,11 +307,11 @@ async def test_lockstep_streams() -> None:
     await server.aclose()
 
 
-class ChunkingStream(trio.abc.Stream):
+class ChunkingStream(ForwardingStream):
     """Wraps a stream and splits every write at the given cut points (with checkpoints)."""
 
     def __init__(self, inner: trio.abc.Stream, sizes: list[int]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.sizes = sizes or [1]
         self.turn = 0
 
@@ -322,18 +323,6 @@ class ChunkingStream(trio.abc.Stream):
             await self.inner.send_all(view[:size])
             view = view[size:]
             await trio.lowlevel.checkpoint()
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        raise NotImplementedError
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 @settings(max_examples=15, deadline=None)
