@@ -254,12 +254,35 @@ def _run_trio(main: Callable[[], Awaitable[object]]) -> int:
     return result if isinstance(result, int) else EXIT_OK
 
 
+#: Options whose values are opaque tokens that may begin with "-" (a lease is 22 URL-safe
+#: base64 characters, so 1 in 64 does); argparse would read such a value as an option.
+OPAQUE_VALUE_OPTIONS = frozenset({"--lease", "--token"})
+
+
+def glue_opaque_values(arguments: Sequence[str]) -> list[str]:
+    """`--lease -Xy…` -> `--lease=-Xy…`, so a token starting with "-" parses as the value."""
+    glued: list[str] = []
+    index = 0
+    while index < len(arguments):
+        item = arguments[index]
+        if item == "--":
+            glued.extend(arguments[index:])
+            break
+        if item in OPAQUE_VALUE_OPTIONS and index + 1 < len(arguments):
+            glued.append(f"{item}={arguments[index + 1]}")
+            index += 2
+            continue
+        glued.append(item)
+        index += 1
+    return glued
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["bench"]:  # its own parser: every flag goes to the suite
         return _cmd_bench(arguments[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(glue_opaque_values(arguments))
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -18,7 +18,7 @@ import pytest
 import trio
 from rich.console import Console, RenderableType
 
-from allq.cli import main
+from allq.cli import build_parser, glue_opaque_values, main
 from allq.client import AllQ
 from allq.stats_view import render_stats, watch_stats
 from tests.client_support import serving_gateway
@@ -52,6 +52,22 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
 def test_argument_errors_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(argv)
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("value", ["-Ab3_x9", "--looks-like-a-flag", "-"])
+def test_lease_and_token_values_may_begin_with_a_dash(value: str) -> None:
+    # A lease is 22 URL-safe base64 characters, so 1 in 64 begins with "-"; CI once drew one.
+    argv = ["done", "s1,x", "--lease", value, "--token", value]
+    args = build_parser().parse_args(glue_opaque_values(argv))
+    assert (args.id, args.lease, args.token) == ("s1,x", value, value)
+
+
+def test_glue_leaves_a_missing_value_and_arguments_after_double_dash_alone() -> None:
+    assert glue_opaque_values(["done", "x", "--lease"]) == ["done", "x", "--lease"]
+    assert glue_opaque_values(["put", "--", "--lease", "v"]) == ["put", "--", "--lease", "v"]
+    with pytest.raises(SystemExit) as info:
+        main(["done", "s1,x", "--lease"])
     assert info.value.code == 2
 
 
