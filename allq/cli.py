@@ -151,43 +151,15 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
-    from allq.gateway.health import HealthPolicy
-    from allq.gateway.line import socket_setting
-    from allq.gateway.links import LinkSettings
     from allq.gateway.process import (
-        GatewayProcessConfig,
+        config_from_settings,
         core_config,
         run_gateway,
         run_gateway_workers,
     )
 
     try:
-        values = _settings("gateway", args)
-        config = GatewayProcessConfig(
-            servers=list(values["servers"]),
-            key_file=values["key"],
-            server_key_file=values["server_key"],
-            host=values["host"],
-            port=values["port"],
-            api_token=values["api_token"],
-            workers=values["workers"],
-            graceful_s=values["graceful_timeout"],
-            max_inflight=values["max_inflight"],
-            max_waiting=values["max_waiting"],
-            long_poll_cap_s=values["long_poll_cap"],
-            log_level=values["log_level"],
-            log_json=values["log_json"],
-            health=HealthPolicy(fail_after=values["fail_after"]),
-            # the line protocol (allq.gateway.line): 0 / "off" turn an endpoint off
-            line_port=values["line_port"],
-            socket_path=socket_setting(values["socket"]),
-            line_max_connections=values["line_max_connections"],
-            links=LinkSettings(
-                probe_interval_s=values["probe_interval"],
-                probe_timeout_s=values["probe_timeout"],
-                request_timeout_s=values["request_timeout"],
-            ),
-        )
+        config = config_from_settings(_settings("gateway", args))
         core_config(config)  # fail before binding, with the file named
     except (ConfigError, ValueError) as exc:
         print(f"allq gateway: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ import argparse
 import math
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -373,6 +373,15 @@ SETTINGS: tuple[Setting, ...] = (
         high=10_000_000,
     ),
     _s("gateway", "long_poll_cap", "float", 300.0, "longest reserve wait (s)", low=0.001, high=300),
+    _s(
+        "gateway",
+        "max_body_bytes",
+        "int",
+        2 * 1_048_576,
+        "largest REST request body or line-protocol line",
+        low=1024,
+        high=64 * 1_048_576,
+    ),
     *(_s("gateway", n, k, d, h) for n, k, d, h in _LOGGING),
     # -- allq up ----------------------------------------------------------------------------
     _s("up", "servers", "int", 2, "embedded queue servers", low=1, high=16),
@@ -479,13 +488,16 @@ def resolve(
     flags: Mapping[str, Any],
     environ: Mapping[str, str],
     config_file: Path | None = None,
+    only: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """Every setting of `section`: flag > environment > config file > default."""
+    """Every setting of `section` (or the `only` ones): flag > environment > file > default."""
     table: Mapping[str, Any] = {}
     if config_file is not None:
         table = read_config_file(config_file).get(section, {})
     values: dict[str, Any] = {}
     for name, setting in BY_SECTION[section].items():
+        if only is not None and name not in only:
+            continue
         raw = flags.get(name)
         if raw is not None:
             values[name] = parse_value(setting, raw, setting.flag)

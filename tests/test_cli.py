@@ -82,6 +82,7 @@ def test_server_without_allow_list_names_the_flag(
         (["--servers", "nope"], "host:port"),
         (["--long-poll-cap", "301"], "gateway.long_poll_cap"),
         (["--probe-interval", "0"], "gateway.probe_interval"),
+        (["--max-body-bytes", "1.5"], "gateway.max_body_bytes"),
         ([], "--key"),
     ],
 )

@@ -55,6 +55,16 @@ def test_original_allq_environment_names(
     assert resolve(section, {}, env)[name] == value
 
 
+def test_only_resolves_and_checks_just_the_named_settings(tmp_path: Path) -> None:
+    config = tmp_path / "allq.toml"
+    config.write_text('[gateway]\nlog_level = "debug"\nmax_inflight = 0\n')
+    env = {"ALLQ_GATEWAY_LOG_JSON": "on", "ALLQ_GATEWAY_SERVERS": "nope"}
+    values = resolve("gateway", {}, env, config, only=("log_level", "log_json"))
+    assert values == {"log_level": "DEBUG", "log_json": True}  # the bad others not read
+    with pytest.raises(ConfigError, match=r"gateway\.servers = 'nope'"):
+        resolve("gateway", {}, env, config)
+
+
 def test_the_allq_name_wins_over_the_original_one() -> None:
     env = {"SERVER_PORT": "7000", "ALLQ_SERVER_PORT": "7001"}
     assert resolve("server", {}, env)["port"] == 7001

@@ -5,22 +5,25 @@ QuartTrio app starts it in `app.nursery` in `before_serving` and cancels it in
 `after_serving` (Hypercorn sends the lifespan shutdown after draining requests, so the core
 outlives every request). `allq gateway` is the other way round (core beside Hypercorn).
 
-Configuration comes from the environment, read when Hypercorn first calls `app` (its
-lifespan), never at import:
+Configuration is `allq gateway`'s: the `[gateway]` settings of `allq.settings`, resolved by
+the same code (`settings.resolve`, `process.config_from_settings`, `process.core_config`)
+with the same names, checks and one-line errors, read when Hypercorn first calls `app` (its
+lifespan), never at import. There are no flags here, so the precedence is environment
+(`ALLQ_GATEWAY_SERVERS`, `ALLQ_GATEWAY_KEY`, `ALLQ_GATEWAY_SERVER_KEY`, …) > the `[gateway]`
+table of the TOML file named by `ALLQ_CONFIG` (this entry's stand-in for `--config`) >
+default. The settings Hypercorn's own options replace (`host`, `port`, `workers`,
+`graceful_timeout`) and the line protocol's (not served here) are not used; setting one
+logs a warning saying so.
 
-| variable | meaning |
-|---|---|
-| `ALLQ_SERVERS` | required: the queue servers, `host:port,host:port,…` |
-| `ALLQ_KEY` | required: the gateway's client secret key file |
-| `ALLQ_SERVER_KEY` | required: the servers' public key file |
-| `ALLQ_API_TOKEN` | optional: require `Authorization: Bearer TOKEN` |
-| `ALLQ_MAX_BODY_BYTES`, `ALLQ_MAX_INFLIGHT` | as the `allq gateway` flags |
-| `ALLQ_MAX_WAITING`, `ALLQ_LONG_POLL_CAP_S` | as the `allq gateway` flags |
-| `ALLQ_LOG_LEVEL`, `ALLQ_LOG_JSON` | `INFO` by default; `1`/`true` for one JSON object per line |
+The names this entry read before it used the table (`ALLQ_SERVERS`, `ALLQ_KEY`,
+`ALLQ_MAX_INFLIGHT`, … in `OLD_NAMES`) stop it with an error naming the setting to use
+instead. `ALLQ_SERVER_KEY` is `allq server`'s own secret key (`server.key`), so it is not
+an error here, only ignored; the gateway reads the servers' public key from
+`ALLQ_GATEWAY_SERVER_KEY`, and says so when that is missing while `ALLQ_SERVER_KEY` is set.
 
 Log lines are allq's (`allq.log`), Hypercorn's own included ("Running on …", its errors,
 and access lines with `--access-logfile -`). A bad or missing setting stops the worker at
-start-up with one log line naming the variable and exit code 2, which Hypercorn 0.18 passes
+start-up with one log line naming the setting and exit code 2, which Hypercorn 0.18 passes
 on only with `--workers 0` (with worker processes its parent stops but exits 0: hypercorn
 #269).
 
@@ -44,89 +47,104 @@ from quart_trio import QuartTrio
 
 from allq.config import ConfigError
 from allq.gateway.app import create_app
-from allq.gateway.cluster import Gateway, GatewayConfig, ServerSpec, open_gateway
+from allq.gateway.cluster import Gateway, GatewayConfig, open_gateway
 from allq.gateway.errors import NoServer
-from allq.gateway.links import ServerAddress
+from allq.gateway.process import GatewayProcessConfig, config_from_settings, core_config
 from allq.log import adopt_logger, configure_logging
-from allq.wire.keyfiles import KeyFileError, load_public_key, load_secret_key
+from allq.settings import BY_SECTION, read_config_file, resolve
 
 log = logging.getLogger(__name__)
 
 #: Exit code of a worker whose environment is wrong (the CLI's usage-error code).
 EXIT_CONFIG = 2
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
+#: The TOML config file (`--config` of `allq gateway`; only its `[gateway]` table is read).
+CONFIG_ENV = "ALLQ_CONFIG"
+
+#: The names this entry read before it used the settings table -> the `[gateway]` setting
+#: to use instead. `ALLQ_API_TOKEN` is not here: the table reads it for `gateway.api_token`.
+OLD_NAMES = {
+    "ALLQ_SERVERS": "servers",
+    "ALLQ_KEY": "key",
+    "ALLQ_MAX_BODY_BYTES": "max_body_bytes",
+    "ALLQ_MAX_INFLIGHT": "max_inflight",
+    "ALLQ_MAX_WAITING": "max_waiting",
+    "ALLQ_LONG_POLL_CAP_S": "long_poll_cap",
+    "ALLQ_LOG_LEVEL": "log_level",
+    "ALLQ_LOG_JSON": "log_json",
+}
+
+#: `allq server`'s secret key: the old entry misread it as the servers' public key.
+SERVER_SECRET_KEY_ENV = BY_SECTION["server"]["key"].env
+
+#: `[gateway]` settings with no effect under Hypercorn -> what to use instead.
+NOT_USED = {
+    "host": "hypercorn --bind",
+    "port": "hypercorn --bind",
+    "workers": "hypercorn --workers",
+    "graceful_timeout": "hypercorn --graceful-timeout",
+    "line_port": "allq gateway: the line protocol is not served here",
+    "socket": "allq gateway: the line protocol is not served here",
+    "line_max_connections": "allq gateway: the line protocol is not served here",
+}
+
 #: Hypercorn's own loggers: their lines go through our formatter too (allq.log.adopt_logger).
 HYPERCORN_LOGGERS = ("hypercorn.error", "hypercorn.access")
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    """`create_app` keyword arguments from `ALLQ_*` variables (errors name the variable)."""
+def config_file(environ: Mapping[str, str]) -> Path | None:
+    """The config file named by `ALLQ_CONFIG` (unset or empty: none)."""
+    text = environ.get(CONFIG_ENV, "").strip()
+    return Path(text) if text else None
 
-    def number(name: str, default: float, kind: type[int] | type[float]) -> Any:
-        text = environ.get(name)
-        if text is None:
-            return default
-        try:
-            value = kind(text)
-        except ValueError:
-            raise ConfigError(f"{name}={text!r} is not a number") from None
-        if not value > 0:
-            raise ConfigError(f"{name}={text!r} must be > 0")
-        return value
 
-    cap = number("ALLQ_LONG_POLL_CAP_S", 300.0, float)
-    if cap > 300:
-        raise ConfigError(f"ALLQ_LONG_POLL_CAP_S={cap!r} must be in (0, 300]")
-    return {
-        "api_token": environ.get("ALLQ_API_TOKEN") or None,
-        "max_body_bytes": number("ALLQ_MAX_BODY_BYTES", 2 * 1_048_576, int),
-        "max_inflight": number("ALLQ_MAX_INFLIGHT", 10_000, int),
-        "max_waiting": number("ALLQ_MAX_WAITING", 10_000, int),
-        "long_poll_cap_s": cap,
-    }
+def check_old_names(environ: Mapping[str, str]) -> None:
+    """Refuse the entry's former variable names, naming the settings that replace them."""
+    found = [name for name in OLD_NAMES if name in environ]
+    if found:
+        renames = "; ".join(
+            f"{name} is no longer read: set {BY_SECTION['gateway'][OLD_NAMES[name]].env}"
+            for name in found
+        )
+        raise ConfigError(f"{renames} (the ASGI app reads allq gateway's settings)")
 
 
 def logging_from_env(environ: Mapping[str, str]) -> tuple[str, bool]:
-    """`(level, json_lines)` from `ALLQ_LOG_LEVEL` and `ALLQ_LOG_JSON`."""
-    level = environ.get("ALLQ_LOG_LEVEL", "INFO").strip().upper()
-    if level not in _LEVELS:
-        raise ConfigError(f"ALLQ_LOG_LEVEL={level!r} must be one of {', '.join(_LEVELS)}")
-    flag = environ.get("ALLQ_LOG_JSON", "").strip().lower()
-    if flag not in _TRUE | _FALSE:
-        raise ConfigError(f"ALLQ_LOG_JSON={flag!r} must be 1/true/yes/on or 0/false/no/off")
-    return level, flag in _TRUE
+    """`(level, json_lines)`: the `log_level` and `log_json` settings."""
+    check_old_names(environ)
+    values = resolve("gateway", {}, environ, config_file(environ), only=("log_level", "log_json"))
+    return values["log_level"], values["log_json"]
 
 
-def _required(environ: Mapping[str, str], name: str, what: str) -> str:
-    text = environ.get(name, "").strip()
-    if not text:
-        raise ConfigError(f"{name} is not set: {what}")
-    return text
-
-
-def core_config_from_env(environ: Mapping[str, str]) -> GatewayConfig:
-    """The core's configuration (servers, keys loaded and checked); errors name the variable."""
-    text = _required(environ, "ALLQ_SERVERS", "the queue servers, as host:port,host:port,…")
-    servers: list[ServerSpec] = []
-    for item in text.split(","):
-        try:
-            servers.append(ServerSpec(ServerAddress.parse(item)))
-        except ValueError as exc:
-            raise ConfigError(f"ALLQ_SERVERS={text!r}: {exc}") from None
-    key = Path(_required(environ, "ALLQ_KEY", "the gateway's client secret key file"))
-    server_key = Path(_required(environ, "ALLQ_SERVER_KEY", "the servers' public key file"))
+def process_config_from_env(environ: Mapping[str, str]) -> GatewayProcessConfig:
+    """Every `[gateway]` setting, resolved and checked as `allq gateway` does."""
+    check_old_names(environ)
     try:
-        client_keys = load_secret_key(key, role="client")
-    except (KeyFileError, OSError) as exc:
-        raise ConfigError(f"ALLQ_KEY={str(key)!r}: {exc}") from None
-    try:
-        server_public = load_public_key(server_key, role="server")
-    except (KeyFileError, OSError) as exc:
-        raise ConfigError(f"ALLQ_SERVER_KEY={str(server_key)!r}: {exc}") from None
-    return GatewayConfig(servers=servers, client_keys=client_keys, server_public=server_public)
+        config = config_from_settings(resolve("gateway", {}, environ, config_file(environ)))
+    except ValueError as exc:  # a check below the settings table, as `allq gateway` reports it
+        raise ConfigError(str(exc)) from None
+    if config.server_key_file is None and SERVER_SECRET_KEY_ENV in environ:
+        server_key = BY_SECTION["gateway"]["server_key"].env
+        raise ConfigError(
+            f"setting gateway.server_key is not set: the servers' public key file goes in "
+            f"{server_key} ({SERVER_SECRET_KEY_ENV} is allq server's own secret key, not read "
+            "by the gateway)"
+        )
+    return config
+
+
+def unused_settings(environ: Mapping[str, str]) -> list[str]:
+    """The settings set in the environment or config file that Hypercorn makes moot."""
+    path = config_file(environ)
+    table = {} if path is None else read_config_file(path).get("gateway", {})
+    unused: list[str] = []
+    for name, instead in NOT_USED.items():
+        setting = BY_SECTION["gateway"][name]
+        spelled = [env for env in (setting.env, *setting.legacy) if env in environ]
+        if name in table:
+            spelled.append(f"{name} in [gateway] of {path}")
+        unused.extend(f"{spelling} (use {instead})" for spelling in spelled)
+    return unused
 
 
 class LifespanCore:
@@ -239,9 +257,18 @@ class LifespanCore:
 
 def build_app(environ: Mapping[str, str]) -> QuartTrio:
     """The REST app with a lifespan-started core, from `environ` (raises `ConfigError`)."""
-    settings = settings_from_env(environ)
-    core = LifespanCore(core_config_from_env(environ))
-    app = create_app(core, **settings)
+    config = process_config_from_env(environ)
+    if unused := unused_settings(environ):
+        log.warning("not used under Hypercorn: %s", "; ".join(unused))
+    core = LifespanCore(core_config(config))
+    app = create_app(
+        core,
+        api_token=config.api_token,
+        max_body_bytes=config.max_body_bytes,
+        max_inflight=config.max_inflight,
+        max_waiting=config.max_waiting,
+        long_poll_cap_s=config.long_poll_cap_s,
+    )
 
     @app.before_serving
     async def start_core() -> None:

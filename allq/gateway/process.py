@@ -19,10 +19,10 @@ import functools
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -30,6 +30,7 @@ from allq.config import ConfigError
 from allq.gateway.cluster import GatewayConfig, ServerSpec, open_gateway, wait_until_ready
 from allq.gateway.health import HealthPolicy
 from allq.gateway.links import LinkSettings, ServerAddress
+from allq.settings import BY_SECTION
 from allq.wire.keyfiles import KeyFileError, load_public_key, load_secret_key
 
 if TYPE_CHECKING:
@@ -90,14 +91,59 @@ class GatewayProcessConfig:
                 raise ConfigError(f"setting servers: {exc}") from None
 
 
+def config_from_settings(values: Mapping[str, Any]) -> GatewayProcessConfig:
+    """The process configuration from the resolved `[gateway]` settings (`allq.settings`).
+
+    Shared by `allq gateway` and the ASGI entry (`allq.gateway.asgi`), so both read the same
+    names with the same validation.
+    """
+    from allq.gateway.line import socket_setting
+
+    return GatewayProcessConfig(
+        servers=list(values["servers"]),
+        key_file=values["key"],
+        server_key_file=values["server_key"],
+        host=values["host"],
+        port=values["port"],
+        api_token=values["api_token"],
+        workers=values["workers"],
+        graceful_s=values["graceful_timeout"],
+        max_body_bytes=values["max_body_bytes"],
+        max_inflight=values["max_inflight"],
+        max_waiting=values["max_waiting"],
+        long_poll_cap_s=values["long_poll_cap"],
+        log_level=values["log_level"],
+        log_json=values["log_json"],
+        health=HealthPolicy(fail_after=values["fail_after"]),
+        # the line protocol (allq.gateway.line): 0 / "off" turn an endpoint off
+        line_port=values["line_port"],
+        socket_path=socket_setting(values["socket"]),
+        line_max_connections=values["line_max_connections"],
+        links=LinkSettings(
+            probe_interval_s=values["probe_interval"],
+            probe_timeout_s=values["probe_timeout"],
+            request_timeout_s=values["request_timeout"],
+        ),
+    )
+
+
+def _not_set(name: str) -> ConfigError:
+    """A required `[gateway]` setting is missing: name all three of its spellings."""
+    setting = BY_SECTION["gateway"][name]
+    return ConfigError(
+        f"setting gateway.{name} is not set: {setting.help} "
+        f"(flag {setting.flag}, environment {setting.env} or {name} in [gateway])"
+    )
+
+
 def core_config(config: GatewayProcessConfig) -> GatewayConfig:
-    """Load the keys and build the core's configuration; errors name the file."""
+    """Load the keys and build the core's configuration; errors name the setting or file."""
     if config.key_file is None:
-        raise ConfigError("the gateway needs its client secret key: pass --key FILE")
+        raise _not_set("key")
     if config.server_key_file is None and not config.server_public_key_files:
-        raise ConfigError("the gateway needs the servers' public key: pass --server-key FILE")
+        raise _not_set("server_key")
     if not config.servers:
-        raise ConfigError("the gateway needs at least one queue server: pass --servers host:port")
+        raise _not_set("servers")
     paths = [config.key_file, config.server_key_file, *config.server_public_key_files.values()]
     for path in paths:
         if path is not None and not path.exists():
