@@ -27,13 +27,14 @@ import trio
 from allq import __version__
 from allq.config import ConfigError, ServerConfig
 from allq.gatekeeper import Gatekeeper, GateLimits
+from allq.gcpause import paused_gc
 from allq.server import ServerLimits, ServerStats, serve
 from allq.session import SessionLimits, ShutdownState
 from allq.store.compaction import Compactor
 from allq.store.log import LogWriter, SyncMode, open_log_writer
 from allq.store.recovery import Recovered, RecoveryError, recover
 from allq.store.storage import DirectoryInUse, OsStorage
-from allq.tubes.changes import restore
+from allq.tubes.changes import Replayer
 from allq.tubes.engine import Engine
 from allq.tubes.runner import EngineShell, UnixClock
 from allq.wire.keyfiles import AllowList, KeyFileError, KeyPair, load_allowlist, load_secret_key
@@ -74,7 +75,7 @@ class Persistence:
 
 @asynccontextmanager
 async def open_persistence(
-    config: ServerConfig,
+    config: ServerConfig, engine: Engine
 ) -> AsyncIterator[tuple[Persistence | None, Recovered | None]]:
     """Lock and recover `config.data_dir`, then keep its log writer open (or nothing).
 
@@ -89,12 +90,31 @@ async def open_persistence(
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     storage = OsStorage(directory)
     server_id = None if config.server_id_generated else config.engine.server_id
+    started = time.monotonic()
+    replayer = Replayer(engine)
     try:
-        recovered = recover(storage, server_id=server_id, repair=config.repair)
+        with paused_gc():  # one pause over the load and the placing of its jobs
+            recovered = recover(storage, server_id=server_id, repair=config.repair, sink=replayer)
+            replayer.finish()
     except (DirectoryInUse, RecoveryError) as exc:
         raise ConfigError(str(exc)) from None
     for warning in recovered.warnings:
         log.warning("%s", warning)
+    engine.restore_sequences(recovered.seqs)
+    counts = engine.server_stats(engine.now)["jobs"]
+    log.info(
+        "recovered %d job(s) %s in %d tube(s) from %d file(s), %d record(s), %d byte(s); "
+        "torn bytes dropped %d; orphan changes %d; %.3f s",
+        len(engine.jobs),
+        counts,
+        len(engine.tubes),
+        recovered.files,
+        recovered.records,
+        recovered.bytes_read,
+        recovered.torn_bytes_dropped,
+        recovered.orphan_changes,
+        time.monotonic() - started,
+    )
     holder: list[Persistence] = []
 
     def seqs() -> dict[str, int]:
@@ -148,12 +168,18 @@ async def run_server(  # noqa: ASYNC128 (_serve_process reports the address)
     graceful shutdown through it; otherwise this process watches SIGINT/SIGTERM/SIGHUP.
     """
     keys, allowlist = load_server_keys(config)
-    async with open_persistence(config) as (persistence, recovered):
+    clock = UnixClock.start(time.time())
+    # Made before recovery, which streams every record into it (no list of all changes).
+    engine = Engine(config.engine, random_bytes=os.urandom, now=clock.now())
+    async with open_persistence(config, engine) as (persistence, recovered):
         if recovered is not None and config.server_id_generated and recovered.server_id:
             config = dataclasses.replace(
                 config, engine=dataclasses.replace(config.engine, server_id=recovered.server_id)
             )
-        await _serve_process(config, keys, allowlist, shutdown, persistence, recovered, task_status)
+            engine.config = config.engine  # only the stats read server_id
+        await _serve_process(
+            config, keys, allowlist, shutdown, persistence, engine, clock, task_status
+        )
 
 
 async def _serve_process(
@@ -162,31 +188,13 @@ async def _serve_process(
     allowlist: AllowList,
     shutdown: ShutdownState | None,
     persistence: Persistence | None,
-    recovered: Recovered | None,
+    engine: Engine,
+    clock: UnixClock,
     task_status: trio.TaskStatus[tuple[str, int]],
 ) -> None:
     listeners = await trio.open_tcp_listeners(config.port, host=config.host, backlog=config.backlog)
-    clock = UnixClock.start(time.time())
-    engine = Engine(config.engine, random_bytes=os.urandom, now=clock.now())
-    if recovered is not None:
-        started = time.monotonic()
-        orphans = restore(engine, recovered.changes)
-        engine.restore_sequences(recovered.seqs)
+    if persistence is not None:
         engine.changelog.enabled = True
-        counts = engine.server_stats(clock.now())["jobs"]
-        log.info(
-            "recovered %d job(s) %s in %d tube(s) from %d file(s), %d record(s), %d byte(s); "
-            "torn bytes dropped %d; orphan changes %d; %.3f s",
-            len(engine.jobs),
-            counts,
-            len(engine.tubes),
-            recovered.files,
-            recovered.records,
-            recovered.bytes_read,
-            recovered.torn_bytes_dropped,
-            recovered.orphan_changes + orphans,
-            time.monotonic() - started,
-        )
     shell = EngineShell(engine, clock)
     if persistence is not None:
         persistence.engine = engine

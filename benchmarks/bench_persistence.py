@@ -29,11 +29,12 @@ from typing import Any
 
 import trio
 
+from allq.gcpause import paused_gc
 from allq.store.compaction import compact
 from allq.store.log import open_log_writer
 from allq.store.recovery import recover
 from allq.store.storage import OsStorage
-from allq.tubes.changes import restore
+from allq.tubes.changes import Replayer
 from allq.tubes.config import EngineConfig
 from allq.tubes.engine import Engine
 from allq.wire.client import open_client
@@ -136,14 +137,17 @@ async def write_jobs(directory: Path, jobs: int) -> float:
 
 
 def timed_recovery(directory: Path) -> dict[str, Any]:
-    """`recover()` + `restore()` of `directory`: wall seconds, and CPU seconds of this
+    """Recovery of `directory` into an engine as the server does it (`recover()` streaming
+    each record into a `Replayer`, then `finish()`): wall seconds, and CPU seconds of this
     process (less sensitive to other load on a shared machine)."""
     storage = OsStorage(directory)
     started, cpu = time.perf_counter(), time.process_time()
-    result = recover(storage)
-    read, read_cpu = time.perf_counter() - started, time.process_time() - cpu
     engine = Engine(EngineConfig(server_id="b1"), random_bytes=os.urandom, now=time.time())
-    restore(engine, result.changes)
+    replayer = Replayer(engine)
+    with paused_gc():  # as the server does (server_process.open_persistence)
+        result = recover(storage, sink=replayer)
+        read, read_cpu = time.perf_counter() - started, time.process_time() - cpu
+        replayer.finish()
     total, total_cpu = time.perf_counter() - started, time.process_time() - cpu
     storage.unlock()
     return {

@@ -358,6 +358,18 @@ _OPTIONAL_MATCH: Final = (
     ("shard_key", TUBE_NAME_RE.fullmatch),
     ("idempotency_key", IDEMPOTENCY_KEY_RE.fullmatch),
 )
+#: Records of at least this many changes try `_Reader.plain_ready_puts` first.
+COLUMN_CHECK_MIN: Final = 16
+_PLAIN_READY_SIZE: Final = {_PUT_SIZE}
+_DICT: Final = {dict}
+_STR: Final = {str}
+_BYTES: Final = {bytes}
+_INT: Final = {int}
+_NUMBER_SET: Final = {int, float}
+_PUT: Final = {"put"}
+_READY: Final = {"ready"}
+_KIND: Final = itemgetter("t")
+_STATE_OF: Final = itemgetter("state")
 _id_match: Final = LOCAL_ID_RE.fullmatch
 _tube_match: Final = TUBE_NAME_RE.fullmatch
 _isfinite: Final = math.isfinite
@@ -401,6 +413,8 @@ class _Reader:
             raise FormatError("invalid CBOR: the item runs past the end of the record")
         if type(value) is not list or not value:
             raise FormatError("the payload is not a non-empty CBOR array")
+        if len(value) >= COLUMN_CHECK_MIN and self.plain_ready_puts(value):
+            return value
         for index, change in enumerate(value):
             if type(change) is not dict:
                 raise FormatError(f"change {index} is not a map")
@@ -451,6 +465,40 @@ class _Reader:
         except KeyError:  # a required field is missing
             return False
         return False
+
+    def plain_ready_puts(self, changes: list[Any]) -> bool:
+        """Whether every change is a certainly valid plain ready `put` (no parent, no
+        optional field): the records of `put_batch`. The checks of `fast_valid`, made column
+        by column over the whole record (`map`, `set`, `min`, `max` run in C), about a
+        quarter of their cost per change. False sends the record to the per-change checks,
+        which name the problem."""
+        try:
+            if (
+                set(map(type, changes)) != _DICT
+                or set(map(len, changes)) != _PLAIN_READY_SIZE
+                or set(map(_KIND, changes)) != _PUT
+                or set(map(_STATE_OF, changes)) != _READY
+            ):
+                return False
+            rows = list(map(_PUT_GET["ready"], changes))
+        except (KeyError, TypeError):  # a missing field; an unhashable kind or state
+            return False
+        ids, tubes, bodies, *numbers = zip(*rows, strict=True)
+        ints = numbers[3:]
+        return (
+            set(map(type, ids)) == _STR
+            and all(map(_id_match, ids))
+            and set(map(type, tubes)) == _STR
+            and all(map(self._tube_ok, set(tubes)))
+            and set(map(type, bodies)) == _BYTES
+            and all(set(map(type, column)) <= _NUMBER_SET for column in numbers[:3])
+            and all(all(map(_isfinite, column)) for column in numbers[:3])
+            and min(numbers[0]) > 0
+            and all(set(map(type, column)) == _INT for column in ints)
+            and max(ints[0]) <= U32_MAX
+            and min(map(min, ints)) >= 0
+            and max(map(max, ints)) <= U64_MAX
+        )
 
     @staticmethod
     def _optional_ok(change: dict[str, Any], extra: int) -> bool:

@@ -4,8 +4,10 @@ Charter: blocking code over a `Storage` (the server runs it before its listener 
 worker thread if it likes). `recover` takes the lock, deletes `*.tmp`, picks the newest
 snapshot, walks the snapshot and the log chain after it, and returns the ordered changes the
 engine applies literally, with what the writer needs to open the next segment. It never runs
-queue logic: it only tracks which job ids are live, to skip orphan changes (§6.2) and to
-catch a duplicate `put`.
+queue logic. Each record's changes go to a `ChangeSink` as soon as the record is read and
+checked: the engine's `Replayer` (the server: no list of every change is ever held) or a
+`CollectingSink` (the default: `Recovered.changes`). The sink tracks which job ids are live,
+to skip orphan changes (§6.2) and to name a duplicate `put`.
 
 Verdicts (§6.4): a torn tail in the tail segment is truncated (WARNING `torn tail in FILE at
 OFFSET: dropped N bytes`); a torn creation of the newest file is deleted (WARNING); anything
@@ -22,8 +24,10 @@ paused meanwhile (`allq.gcpause`): every change map recovery builds stays alive.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, cast
+from operator import itemgetter
+from typing import Final, Protocol
 
 from allq.gcpause import paused_gc
 from allq.store.format import (
@@ -46,6 +50,73 @@ QUARANTINE: Final = "quarantine"
 SNAPSHOT_TYPES: Final = frozenset({"meta", "tube", "put", "idem", "end"})
 JOB_CHANGES: Final = frozenset({"state", "delete", "count"})
 REPAIR_CONSEQUENCES: Final = "jobs put in that range are lost, jobs deleted in it may come back"
+#: Change types that only a file's first or a snapshot's last record may hold.
+_FRAMING: Final = frozenset({"meta", "end"})
+_KIND: Final = itemgetter("t")
+
+
+class ChangeSink(Protocol):
+    """Where recovery sends the changes of each record (`meta` and `end` excluded), in file
+    order, once the record passed every check."""
+
+    @property
+    def orphans(self) -> int:
+        """Changes skipped because they named an unknown job (§6.2)."""
+        ...
+
+    def duplicate_put(self, changes: Sequence[Change]) -> str | None:
+        """The id of a `put` among `changes` for a live job or put twice by them (then the
+        record is corrupt and nothing of it is applied)."""
+        ...
+
+    def feed(self, changes: Sequence[Change]) -> None:
+        """Apply `changes`.
+
+        Raises:
+            ValueError: a change that cannot be applied (recovery refuses to start).
+        """
+        ...
+
+
+class CollectingSink:
+    """The changes to apply, in a list, with orphan changes left out (`recover`'s default)."""
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+        self.orphans = 0
+        self.live: dict[str, str] = {}  # job id -> tube
+        self.tubes: dict[str, set[str]] = {}  # tube -> live job ids
+
+    def duplicate_put(self, changes: Sequence[Change]) -> str | None:
+        seen: set[str] = set()
+        for change in changes:
+            if change["t"] == "put":
+                job_id = str(change["id"])
+                if job_id in self.live or job_id in seen:
+                    return job_id
+                seen.add(job_id)
+        return None
+
+    def feed(self, changes: Sequence[Change]) -> None:
+        for change in changes:
+            t = change["t"]
+            if t in JOB_CHANGES:
+                job_id = str(change["id"])
+                owner = self.live.get(job_id)
+                if owner is None:
+                    self.orphans += 1
+                    continue
+                if t == "delete":
+                    del self.live[job_id]
+                    self.tubes[owner].discard(job_id)
+            elif t == "put":
+                job_id, tube = str(change["id"]), str(change["tube"])
+                self.live[job_id] = tube
+                self.tubes.setdefault(tube, set()).add(job_id)
+            elif t == "clear":
+                for job_id in self.tubes.pop(str(change["tube"]), set()):
+                    del self.live[job_id]
+            self.changes.append(change)
 
 
 class RecoveryError(Exception):
@@ -67,7 +138,8 @@ class Recovered:
     """What recovery found, for the engine and the writer.
 
     `changes` holds, in file order, every change to apply except `meta` and `end`, orphan
-    changes removed. `seqs` is the maximum over all `meta.seqs`. Open the next log with
+    changes removed, when recovery collected them (no sink given; else it stays empty).
+    `seqs` is the maximum over all `meta.seqs`. Open the next log with
     `first_seq=next_seq, prev=prev`.
     """
 
@@ -94,13 +166,14 @@ def _meta_end(item: FileScan) -> int:
 
 
 class _Recovery:
-    def __init__(self, storage: Storage, server_id: str | None, repair: bool) -> None:
+    def __init__(
+        self, storage: Storage, server_id: str | None, repair: bool, sink: ChangeSink
+    ) -> None:
         self.storage = storage
         self.expected_server_id = server_id
         self.repair = repair
+        self.sink = sink
         self.out = Recovered(server_id=server_id)
-        self.live: dict[str, str] = {}  # job id -> tube
-        self.tubes: dict[str, set[str]] = {}  # tube -> live job ids
         self.truncations: list[tuple[str, int, int]] = []  # name, offset, dropped
         self.deletions: list[str] = []
         self.sizes: dict[str, int] = {}  # size of every file read, as it stands now
@@ -229,6 +302,7 @@ class _Recovery:
             storage.unlink(name)
         if self.deletions or leftovers:
             storage.sync_dir()
+        self.out.orphan_changes = self.sink.orphans
         if self.out.orphan_changes:
             self.warn(f"recovery skipped {self.out.orphan_changes} orphan changes")
         self.out.prev = prev
@@ -294,57 +368,49 @@ class _Recovery:
                 )
         changes_seen = 0
         ended = False
-        live, tubes, out = self.live, self.tubes, self.out.changes
         for index, record in enumerate(records):
-            if index and kind == KIND_LOG and len(record.changes) == 1:
-                # The common record of a log, one put of a new job: the checks of
-                # `_record_problem` and the work of `_apply`, without the general loops.
-                change = record.changes[0]
-                if change["t"] == "put" and (job_id := cast("str", change["id"])) not in live:
-                    tube = cast("str", change["tube"])
-                    live[job_id] = tube
-                    ids = tubes.get(tube)
-                    if ids is None:
-                        tubes[tube] = {job_id}
-                    else:
-                        ids.add(job_id)
-                    out.append(change)
-                    changes_seen += 1
-                    self.out.records += 1
-                    continue
-            reason = self._record_problem(record, index, kind, ended)
-            if reason is not None:
-                self.corrupt(Corruption(name, record.offset, reason, item.size - record.offset))
-                return next_prev
-            if index == 0:
-                self._check_meta(name, record.changes[0], kind, expected_prev)
-            for change in record.changes:
-                t = change["t"]
-                if t == "end":
-                    ended = True
-                    if change["changes"] != changes_seen:
-                        self.corrupt(
-                            Corruption(
-                                name,
-                                record.offset,
-                                f"end counts {change['changes']} changes, the file holds "
-                                f"{changes_seen}",
-                                item.size - record.offset,
+            changes = record.changes
+            if index and kind == KIND_LOG and _FRAMING.isdisjoint(map(_KIND, changes)):
+                # The common record of a log: no structural check can fail on it.
+                applicable = changes
+                changes_seen += len(changes)
+            else:
+                reason = self._record_problem(record, index, kind, ended)
+                if reason is not None:
+                    self.corrupt(Corruption(name, record.offset, reason, item.size - record.offset))
+                    return next_prev
+                if index == 0:
+                    self._check_meta(name, changes[0], kind, expected_prev)
+                applicable = []
+                for change in changes:
+                    t = change["t"]
+                    if t == "end":
+                        ended = True
+                        if change["changes"] != changes_seen:
+                            self.corrupt(
+                                Corruption(
+                                    name,
+                                    record.offset,
+                                    f"end counts {change['changes']} changes, the file holds "
+                                    f"{changes_seen}",
+                                    item.size - record.offset,
+                                )
                             )
-                        )
-                        return next_prev
-                    continue
-                changes_seen += 1
-                if t != "meta":
-                    self._apply(change)
+                            return next_prev
+                        continue
+                    changes_seen += 1
+                    if t != "meta":
+                        applicable.append(change)
+            if applicable and not self._apply(name, record, applicable, item.size):
+                return next_prev
             self.out.records += 1
         if kind == KIND_SNAPSHOT and not ended:
             self.corrupt(Corruption(name, item.size, "snapshot without a matching end change", 0))
         return next_prev
 
     def _record_problem(self, record: Record, index: int, kind: int, ended: bool) -> str | None:
-        """Why a whole, CRC-valid record cannot be applied (None if it can)."""
-        new_ids: set[str] = set()
+        """Why a whole, CRC-valid record breaks the structure of its file (None if it does
+        not; a duplicate put is the sink's to find)."""
         for position, change in enumerate(record.changes):
             t = change["t"]
             if ended:
@@ -357,12 +423,6 @@ class _Recovery:
                 return "end change in a log segment"
             if t == "end":
                 ended = True
-            if t == "put":
-                job_id = change["id"]
-                assert isinstance(job_id, str)
-                if job_id in self.live or job_id in new_ids:
-                    return f"duplicate put of job {job_id}"
-                new_ids.add(job_id)
         return None
 
     def _check_meta(self, name: str, meta: Change, kind: int, expected_prev: int) -> None:
@@ -399,37 +459,51 @@ class _Recovery:
                 )
             )
 
-    def _apply(self, change: Change) -> None:
-        t = change["t"]
-        if t in JOB_CHANGES:
-            job_id = str(change["id"])
-            owner = self.live.get(job_id)
-            if owner is None:
-                self.out.orphan_changes += 1
-                return
-            if t == "delete":
-                del self.live[job_id]
-                self.tubes[owner].discard(job_id)
-        elif t == "put":
-            job_id, tube = str(change["id"]), str(change["tube"])
-            self.live[job_id] = tube
-            self.tubes.setdefault(tube, set()).add(job_id)
-        elif t == "clear":
-            for job_id in self.tubes.pop(str(change["tube"]), set()):
-                del self.live[job_id]
-        self.out.changes.append(change)
+    def _apply(self, name: str, record: Record, changes: list[Change], size: int) -> bool:
+        """Hand one record's changes to the sink; False if the record is corrupt (a
+        duplicate put: nothing of it applied) and the rest of the file is to be skipped.
+
+        Raises:
+            RecoveryError: the sink cannot apply a change (even `--repair` cannot drop it,
+                since part of the record may be applied already).
+        """
+        duplicate = self.sink.duplicate_put(changes)
+        if duplicate is not None:
+            reason = f"duplicate put of job {duplicate}"
+            self.corrupt(Corruption(name, record.offset, reason, size - record.offset))
+            return False
+        try:
+            self.sink.feed(changes)
+        except ValueError as exc:
+            raise RecoveryError(
+                f"{self.storage.describe(name)} at offset {record.offset}: a change cannot "
+                f"be applied: {exc}; refusing to start (--repair does not change this)"
+            ) from None
+        return True
 
 
-def recover(storage: Storage, *, server_id: str | None = None, repair: bool = False) -> Recovered:
+def recover(
+    storage: Storage,
+    *,
+    server_id: str | None = None,
+    repair: bool = False,
+    sink: ChangeSink | None = None,
+) -> Recovered:
     """Run the recovery procedure of persistence.md §6.1 on `storage`.
 
     Takes the storage's lock and keeps it. `server_id` is this server's; None adopts the
-    directory's (every file must still agree).
+    directory's (every file must still agree). Each record's changes go to `sink` as soon
+    as the record passed its checks; without one they are collected in `Recovered.changes`.
+    A refusal may come after part of the changes reached the sink: discard it then.
 
     Raises:
         DirectoryInUse: another server holds the lock.
         RecoveryError: corruption (without `repair`), or another server's directory.
         OSError: the storage failed.
     """
+    collector = CollectingSink()
     with paused_gc():
-        return _Recovery(storage, server_id, repair).run()
+        out = _Recovery(storage, server_id, repair, collector if sink is None else sink).run()
+    if sink is None:
+        out.changes = collector.changes
+    return out

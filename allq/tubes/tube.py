@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from operator import attrgetter
 
 from allq.tubes.job import Job, JobState
 from allq.tubes.jobheap import DELAY_KEY, PARENT_KEY, TTR_KEY, AgeHeap, JobHeap, ReadyHeap
 
 URGENT_BELOW = 1024
+_PRIORITY = attrgetter("priority")
 AVG_SAMPLES = 100
 RATE_WINDOW_S = 60.0
 TOKEN_EPSILON = 1e-9
@@ -128,15 +130,15 @@ class Tube:
                 heap = self.shards.get(shard)
                 if heap is None:
                     heap = self.shards[shard] = ReadyHeap()
-                heap.extend([((job.priority, job.ready_seq), job) for job in group])
+                heap.extend(group)
             joining = [shard for shard in groups if shard not in self.rotation]
             heads = self.shards
             joining.sort(key=lambda shard: heads[shard].peek_key()[1])  # type: ignore[index]
             self.rotation.update(dict.fromkeys(joining))
         else:
-            self.ready.extend([((job.priority, job.ready_seq), job) for job in jobs])
-        self.by_age.extend([((job.ready_seq,), job) for job in jobs])
-        self.urgent += sum(job.priority < URGENT_BELOW for job in jobs)
+            self.ready.extend(jobs)
+        self.by_age.extend(jobs)
+        self.urgent += sum(map(URGENT_BELOW.__gt__, map(_PRIORITY, jobs)))
 
     def remove_ready(self, job: Job, *, rotate: bool = False) -> None:
         """Take `job` out of ready; on a fair tube, `rotate` moves its shard to the tail."""

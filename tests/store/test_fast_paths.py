@@ -89,6 +89,66 @@ def test_fast_path_is_never_laxer(change: dict[str, Any], key: str, value: objec
         validate_change(mutated)
 
 
+def _batch(size: int = 20) -> list[dict[str, Any]]:
+    return [put(n, tube=f"t{n % 3}", priority=n) for n in range(1, size + 1)]
+
+
+def test_column_checks_accept_a_batch_of_plain_ready_puts() -> None:
+    batch = _batch()
+    assert _Reader(b"").plain_ready_puts(batch)
+    for change in batch:
+        validate_change(change)
+
+
+@pytest.mark.parametrize("position", [0, 7, 19])
+def test_column_checks_never_accept_what_validation_refuses(position: int) -> None:
+    """One bad change anywhere in a batch: the column checks refuse the batch (the
+    per-change checks then name it); an accepted mutation must be valid."""
+    reader = _Reader(b"")
+    template = _batch()[position]
+    for key in template:
+        for bad in BAD_VALUES:
+            batch = _batch()
+            batch[position] = {**template, key: bad}
+            if _refused(batch[position]):
+                assert not reader.plain_ready_puts(batch), (key, bad)
+        batch = _batch()
+        batch[position] = {k: v for k, v in template.items() if k != key}
+        assert not reader.plain_ready_puts(batch), key
+    for extra in ("extra", "due_at", "parent_id", "shard_key", "timeout"):
+        batch = _batch()
+        batch[position] = {**template, extra: "s"}
+        assert not reader.plain_ready_puts(batch), extra
+    batch = _batch()
+    batch[position] = bury(3)
+    assert not reader.plain_ready_puts(batch)
+    batch[position] = [1]  # type: ignore[call-overload]
+    assert not reader.plain_ready_puts(batch)
+
+
+@given(
+    st.integers(0, 19),
+    st.text(max_size=3) | st.sampled_from(sorted(put(1))),
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.binary()),
+)
+def test_column_checks_are_never_laxer(position: int, key: str, value: object) -> None:
+    batch = _batch()
+    batch[position] = {**batch[position], key: value}
+    if _Reader(b"").plain_ready_puts(batch):
+        for change in batch:
+            validate_change(change)
+
+
+def test_a_batch_record_with_a_bad_change_is_refused_naming_it() -> None:
+    batch = _batch()
+    batch[5] = {**batch[5], "priority": 2**32}
+    payload = cbor2.dumps(batch)
+    with pytest.raises(FormatError, match="change 5: put: invalid priority"):
+        _Reader(payload).decode(0, len(payload))
+    good = cbor2.dumps(_batch())
+    assert _Reader(good).decode(0, len(good)) == _batch()
+
+
 def test_parents_go_through_full_validation() -> None:
     change = parent(1)
     assert not _Reader(b"").fast_valid(change)

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from allq.store.format import HEADER_SIZE, Change, encode_header, log_name, scan, snap_name
-from allq.store.recovery import RecoveryError, recover
+from allq.store.recovery import Recovered, RecoveryError, recover
 from allq.store.storage import DirectoryInUse, MemoryStorage, OsStorage
+from allq.tubes.changes import Replayer
+from allq.tubes.engine import Engine
+from tests.helpers.engines import make_engine
 from tests.store.builders import (
     bury,
     chain,
@@ -21,6 +24,7 @@ from tests.store.builders import (
     snap_bytes,
     storage_with,
 )
+from tests.tubes.test_changes import assert_same, restored
 
 L1, L2, L3 = log_name(1), log_name(2), log_name(3)
 
@@ -394,3 +398,65 @@ def test_recovery_on_a_real_directory(tmp_path: Path) -> None:
     assert sorted(p.name for p in directory.iterdir()) == ["LOCK", L1, L2]
     assert result.warnings[0].startswith(f"torn tail in {directory / L2} at ")
     storage.unlock()
+
+
+# --- streaming into the engine (performance.md B8) -------------------------------------------
+
+
+def _engine_recovery(storage: MemoryStorage, **kw: object) -> tuple[Engine, Recovered]:
+    engine = make_engine(now=5000.0, dedup_window=60)
+    replayer = Replayer(engine)
+    recovered = recover(storage, sink=replayer, **kw)  # type: ignore[arg-type]
+    replayer.finish()
+    engine.check_invariants()
+    return engine, recovered
+
+
+def test_an_engine_sink_ends_where_collecting_then_restoring_ends() -> None:
+    batch = [put(n, tube=f"t{n % 3}", priority=n % 4) for n in range(10, 40)]
+    files = chain(
+        [[put(1)], [put(2), bury(2)], [delete(7)], batch, [delete(11), bury(12)]],
+        [[put(3, tube="c")], [{"t": "clear", "tube": "c"}], [put(4, tube="c")], [delete(1)]],
+    )
+    collected = recover(storage_with(files))
+    expected = restored(collected.changes, 5000.0)
+    engine, streamed = _engine_recovery(storage_with(files))
+    assert_same(expected, engine)
+    assert streamed.changes == []
+    assert streamed.orphan_changes == collected.orphan_changes == 1
+    assert streamed.records == collected.records
+
+
+@pytest.mark.parametrize("sink", ["collect", "engine"])
+@pytest.mark.parametrize(
+    "records", [[[put(1)], [put(1)]], [[put(1), put(1)]], [[put(1)], [put(2), put(1)]]]
+)
+def test_a_duplicate_put_is_corruption_with_either_sink(
+    records: list[list[Change]], sink: str
+) -> None:
+    storage = storage_with(chain(records))
+    run = _engine_recovery if sink == "engine" else recover
+    with pytest.raises(RecoveryError, match=f"corruption in {L1} at offset .*duplicate put"):
+        run(storage)
+
+
+def test_repair_drops_a_record_with_a_duplicate_put_whole() -> None:
+    """Nothing of the bad record reaches the engine: not even the put before the duplicate."""
+    storage = storage_with(chain([[put(1)], [put(2), put(1)], [put(3)]]))
+    engine, recovered = _engine_recovery(storage, repair=True)
+    assert set(engine.jobs) == {jid(1)}
+    assert recovered.repaired
+
+
+def test_a_change_the_engine_cannot_apply_refuses_even_with_repair() -> None:
+    count: Change = {"t": "count", "id": jid(1), "limit": None, "children_started": 1,
+             "children_completed": 0, "children_failed": 0}  # fmt: skip
+    files = chain([[put(1)], [count]])
+    assert recover(storage_with(files)).changes[-1] == count  # the collector cannot tell
+    for repair in (False, True):
+        with pytest.raises(RecoveryError) as caught:
+            _engine_recovery(storage_with(files), repair=repair)
+        message = str(caught.value)
+        assert message.startswith(f"{L1} at offset ")
+        assert "a change cannot be applied: count change for" in message
+        assert "--repair does not change this" in message
