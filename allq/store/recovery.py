@@ -24,23 +24,23 @@ paused meanwhile (`allq.gcpause`): every change map recovery builds stays alive.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Final, Protocol
 
 from allq.gcpause import paused_gc
 from allq.store.format import (
+    CHANGE_TYPES,
     HEADER_SIZE,
     KIND_LOG,
     KIND_SNAPSHOT,
     TMP_SUFFIX,
     Change,
-    FileScan,
+    FileScanner,
     Record,
     Verdict,
     parse_name,
-    scan,
 )
 from allq.store.storage import LOCK_NAME, Storage, write_all
 
@@ -50,8 +50,9 @@ QUARANTINE: Final = "quarantine"
 SNAPSHOT_TYPES: Final = frozenset({"meta", "tube", "put", "idem", "end"})
 JOB_CHANGES: Final = frozenset({"state", "delete", "count"})
 REPAIR_CONSEQUENCES: Final = "jobs put in that range are lost, jobs deleted in it may come back"
-#: Change types that only a file's first or a snapshot's last record may hold.
-_FRAMING: Final = frozenset({"meta", "end"})
+#: Change types a record after the first may hold without any structural check.
+_SNAPSHOT_BODY: Final = SNAPSHOT_TYPES - {"meta", "end"}
+_LOG_BODY: Final = frozenset(CHANGE_TYPES) - {"meta", "end"}
 _KIND: Final = itemgetter("t")
 
 
@@ -161,10 +162,6 @@ class Recovered:
     warnings: list[str] = field(default_factory=list)
 
 
-def _meta_end(item: FileScan) -> int:
-    return item.records[0].end if item.records else HEADER_SIZE
-
-
 class _Recovery:
     def __init__(
         self, storage: Storage, server_id: str | None, repair: bool, sink: ChangeSink
@@ -177,6 +174,7 @@ class _Recovery:
         self.truncations: list[tuple[str, int, int]] = []  # name, offset, dropped
         self.deletions: list[str] = []
         self.sizes: dict[str, int] = {}  # size of every file read, as it stands now
+        self._ended = False  # whether the file replayed last held an `end` change
 
     # --- messages -------------------------------------------------------------------
 
@@ -310,75 +308,93 @@ class _Recovery:
         self.out.segments = sum(name.startswith("log-") for name in self.sizes)
         return self.out
 
-    def _read(self, name: str) -> FileScan:
+    def _read(self, name: str) -> bytes:
         data = self.storage.read(name)
         self.sizes[name] = len(data)
         self.out.bytes_read += len(data)
         self.out.files += 1
-        return scan(name, data)
+        return data
 
-    def _find_tail(self, chain: list[str]) -> tuple[dict[str, FileScan], str | None]:
-        """Scan from the newest log down: drop a torn creation, find the tail segment (the
-        newest log holding any change besides `meta`)."""
-        cached: dict[str, FileScan] = {}
+    def _find_tail(self, chain: list[str]) -> tuple[dict[str, bytes], str | None]:
+        """Read from the newest log down: drop a torn creation, find the tail segment (the
+        newest log holding any change besides `meta`). Only each file's header and first
+        record are decoded here: whether more bytes follow decides, and a torn creation
+        lies in those two."""
+        cached: dict[str, bytes] = {}
         for index, name in enumerate(reversed(chain)):
-            item = self._read(name)
-            cached[name] = item
-            problem = item.problem
+            data = cached[name] = self._read(name)
+            scanner = FileScanner(name, data)
+            first = next(iter(scanner), None)
+            problem = scanner.problem
             if index == 0 and problem is not None:
-                verdict = problem.verdict(tail=False, newest=True, records=len(item.records))
+                verdict = problem.verdict(tail=False, newest=True, records=scanner.count)
                 if verdict is Verdict.TORN_CREATION:
                     self.deletions.append(name)
                     self.warn(
                         f"torn creation of {self.storage.describe(name)} "
-                        f"({item.size} bytes): deleted"
+                        f"({len(data)} bytes): deleted"
                     )
                     continue
-            if problem is not None or item.size > _meta_end(item):
+            if problem is not None or len(data) > (HEADER_SIZE if first is None else first.end):
                 return cached, name
         return cached, None
 
     def _replay(
         self,
         name: str,
-        item: FileScan | None,
+        data: bytes | None,
         kind: int,
         expected_prev: int,
         tail: str | None,
     ) -> int:
-        """Replay one file; returns the sequence number the next log must name as `prev`.
+        """Replay one file, each record as it is read; returns the sequence number the next
+        log must name as `prev`.
 
         A torn creation of the newest file was handled by `_find_tail`, so only a torn
-        tail (in `tail`) is not corruption here.
+        tail (in `tail`) is not corruption here. A bad record ends the file's records: it is
+        judged (§6.4) after the good ones before it were applied.
         """
-        if item is None:
-            item = self._read(name)
+        if data is None:
+            data = self._read(name)
         parsed = parse_name(name)
         assert parsed is not None
         next_prev = parsed[1] if kind == KIND_LOG else expected_prev
-        records = item.records
-        problem = item.problem
+        size = len(data)
+        scanner = FileScanner(name, data)
+        if not self._replay_records(name, scanner, kind, expected_prev, size):
+            return next_prev
+        problem = scanner.problem
         if problem is not None:
-            verdict = problem.verdict(tail=name == tail, newest=False, records=len(records))
+            verdict = problem.verdict(tail=name == tail, newest=False, records=scanner.count)
             if verdict is Verdict.TORN_TAIL:
-                self.truncations.append((name, problem.offset, item.size - problem.offset))
+                self.truncations.append((name, problem.offset, size - problem.offset))
             else:
                 self.corrupt(
-                    Corruption(name, problem.offset, problem.reason, item.size - problem.offset)
+                    Corruption(name, problem.offset, problem.reason, size - problem.offset)
                 )
+        if kind == KIND_SNAPSHOT and not self._ended:
+            self.corrupt(Corruption(name, size, "snapshot without a matching end change", 0))
+        return next_prev
+
+    def _replay_records(
+        self, name: str, records: Iterable[Record], kind: int, expected_prev: int, size: int
+    ) -> bool:
+        """Apply the whole records of one file; False if one of them is corrupt (then the
+        rest of the file is skipped: `corrupt` refused, or quarantined it under repair)."""
         changes_seen = 0
-        ended = False
+        ended = self._ended = False
         for index, record in enumerate(records):
             changes = record.changes
-            if index and kind == KIND_LOG and _FRAMING.isdisjoint(map(_KIND, changes)):
-                # The common record of a log: no structural check can fail on it.
+            kinds = set(map(_KIND, changes))
+            if index and not ended and kinds <= (_LOG_BODY if kind == KIND_LOG else _SNAPSHOT_BODY):
+                # The common record after a file's first: no structural check can fail on it.
                 applicable = changes
                 changes_seen += len(changes)
             else:
                 reason = self._record_problem(record, index, kind, ended)
                 if reason is not None:
-                    self.corrupt(Corruption(name, record.offset, reason, item.size - record.offset))
-                    return next_prev
+                    self.corrupt(Corruption(name, record.offset, reason, size - record.offset))
+                    return False
                 if index == 0:
                     self._check_meta(name, changes[0], kind, expected_prev)
                 applicable = []
@@ -393,20 +409,19 @@ class _Recovery:
                                     record.offset,
                                     f"end counts {change['changes']} changes, the file holds "
                                     f"{changes_seen}",
-                                    item.size - record.offset,
+                                    size - record.offset,
                                 )
                             )
-                            return next_prev
+                            return False
                         continue
                     changes_seen += 1
                     if t != "meta":
                         applicable.append(change)
-            if applicable and not self._apply(name, record, applicable, item.size):
-                return next_prev
+            if applicable and not self._apply(name, record, applicable, size):
+                return False
             self.out.records += 1
-        if kind == KIND_SNAPSHOT and not ended:
-            self.corrupt(Corruption(name, item.size, "snapshot without a matching end change", 0))
-        return next_prev
+        self._ended = ended
+        return True
 
     def _record_problem(self, record: Record, index: int, kind: int, ended: bool) -> str | None:
         """Why a whole, CRC-valid record breaks the structure of its file (None if it does
