@@ -30,11 +30,13 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from operator import itemgetter
 from typing import Any, Final, NamedTuple, cast
 
 import cbor2
 
+from allq.tubes.changes import PLAIN_READY_FIELDS, PlainReadyRow, plain_ready_row
 from allq.tubes.config import SERVER_ID_RE
 from allq.tubes.job import COUNTERS
 from allq.tubes.validate import IDEMPOTENCY_KEY_RE, LOCAL_ID_RE, TUBE_NAME_RE
@@ -358,9 +360,21 @@ _OPTIONAL_MATCH: Final = (
     ("shard_key", TUBE_NAME_RE.fullmatch),
     ("idempotency_key", IDEMPOTENCY_KEY_RE.fullmatch),
 )
+#: Records of at least this many bytes are decoded with this much read-ahead.
+LARGE_READ: Final = 65536
 #: Records of at least this many changes try `_Reader.plain_ready_puts` first.
 COLUMN_CHECK_MIN: Final = 16
 _PLAIN_READY_SIZE: Final = {_PUT_SIZE}
+_ROW_TTR: Final = PLAIN_READY_FIELDS.index("ttr")
+_ROW_PRIORITY: Final = PLAIN_READY_FIELDS.index("priority")
+_ROW_NUMBERS: Final = tuple(
+    PLAIN_READY_FIELDS.index(name) for name in ("ttr", "created_at", "ready_since")
+)
+_ROW_INTS: Final = tuple(
+    index
+    for index, name in enumerate(PLAIN_READY_FIELDS)
+    if name in ("priority", "expired_limit", "max_releases", "seq", *COUNTERS)
+)
 _DICT: Final = {dict}
 _STR: Final = {str}
 _BYTES: Final = {bytes}
@@ -378,17 +392,22 @@ _isfinite: Final = math.isfinite
 class _Reader:
     """Strict decoding and validation of the records of one file's bytes.
 
-    One `cbor2.CBORDecoder` reads every record (`decode(start, end)` seeks to the payload and
-    refuses an item that does not end exactly at `end`). On a seekable file cbor2 reads ahead
-    and seeks back when a decode succeeds; after a failure it does not, so the decoder is
-    replaced then. `fast_valid` remembers the tube names it already checked.
+    Two `cbor2.CBORDecoder`s over the file's bytes read every record (`decode(start, end)`
+    seeks to the payload and refuses an item that does not end exactly at `end`): one with
+    cbor2's default read-ahead for small records, one reading `LARGE_READ` bytes at a time
+    for large ones (a `put_batch` or snapshot record decodes a third faster so; a small
+    record would copy the whole read-ahead for nothing). On a seekable file cbor2 reads
+    ahead and seeks back when a decode succeeds; after a failure it does not, so the decoder
+    is replaced then. `fast_valid` remembers the tube names it already checked.
     """
 
-    __slots__ = ("_decoder", "_fp", "_tubes")
+    __slots__ = ("_fp", "_large", "_small", "_tubes", "rows")
 
     def __init__(self, data: bytes) -> None:
+        self.rows: list[PlainReadyRow] | None = None  # of the last record decoded, if plain
         self._fp = io.BytesIO(data)
-        self._decoder = cbor2.CBORDecoder(self._fp, **_STRICT)
+        self._small = cbor2.CBORDecoder(self._fp, **_STRICT)
+        self._large = cbor2.CBORDecoder(self._fp, read_size=LARGE_READ, **_STRICT)
         self._tubes: set[str] = set()
 
     def decode(self, start: int, end: int) -> list[Change]:
@@ -400,12 +419,16 @@ class _Reader:
         """
         fp = self._fp
         fp.seek(start)
+        large = end - start >= LARGE_READ
         try:
-            value = self._decoder.decode()
+            value = (self._large if large else self._small).decode()
         except Exception as exc:  # cbor2 raises CBORDecodeError, EOF, ValueError, MemoryError …
             # A failed decode leaves cbor2's read-ahead buffer behind (a later decode would
             # read stale bytes): start over with a fresh decoder.
-            self._decoder = cbor2.CBORDecoder(fp, **_STRICT)
+            if large:
+                self._large = cbor2.CBORDecoder(fp, read_size=LARGE_READ, **_STRICT)
+            else:
+                self._small = cbor2.CBORDecoder(fp, **_STRICT)
             raise FormatError(f"invalid CBOR: {exc}") from None
         if fp.tell() != end:
             if fp.tell() < end:
@@ -413,8 +436,11 @@ class _Reader:
             raise FormatError("invalid CBOR: the item runs past the end of the record")
         if type(value) is not list or not value:
             raise FormatError("the payload is not a non-empty CBOR array")
-        if len(value) >= COLUMN_CHECK_MIN and self.plain_ready_puts(value):
-            return value
+        self.rows = None
+        if len(value) >= COLUMN_CHECK_MIN:
+            self.rows = self.plain_ready_puts(value)
+            if self.rows is not None:
+                return value
         for index, change in enumerate(value):
             if type(change) is not dict:
                 raise FormatError(f"change {index} is not a map")
@@ -466,12 +492,13 @@ class _Reader:
             return False
         return False
 
-    def plain_ready_puts(self, changes: list[Any]) -> bool:
-        """Whether every change is a certainly valid plain ready `put` (no parent, no
-        optional field): the records of `put_batch`. The checks of `fast_valid`, made column
-        by column over the whole record (`map`, `set`, `min`, `max` run in C), about a
-        quarter of their cost per change. False sends the record to the per-change checks,
-        which name the problem."""
+    def plain_ready_puts(self, changes: list[Any]) -> list[PlainReadyRow] | None:
+        """The `plain_ready_row`s of `changes` if every one is a certainly valid plain ready
+        `put` (no parent, no optional field: the records of `put_batch` and of snapshots),
+        else None. The checks of `fast_valid`, made column by column over the whole record
+        (`map`, `set`, `min`, `max` run in C), about a quarter of their cost per change; the
+        rows serve the replay too. None sends the record to the per-change checks, which
+        name the problem."""
         try:
             if (
                 set(map(type, changes)) != _DICT
@@ -479,26 +506,29 @@ class _Reader:
                 or set(map(_KIND, changes)) != _PUT
                 or set(map(_STATE_OF, changes)) != _READY
             ):
-                return False
-            rows = list(map(_PUT_GET["ready"], changes))
+                return None
+            rows = list(map(plain_ready_row, changes))
         except (KeyError, TypeError):  # a missing field; an unhashable kind or state
-            return False
-        ids, tubes, bodies, *numbers = zip(*rows, strict=True)
-        ints = numbers[3:]
-        return (
+            return None
+        columns = list(zip(*rows, strict=True))
+        ids, tubes, bodies = columns[:3]
+        numbers = [columns[index] for index in _ROW_NUMBERS]
+        ints = [columns[index] for index in _ROW_INTS]
+        valid = (
             set(map(type, ids)) == _STR
             and all(map(_id_match, ids))
             and set(map(type, tubes)) == _STR
             and all(map(self._tube_ok, set(tubes)))
             and set(map(type, bodies)) == _BYTES
-            and all(set(map(type, column)) <= _NUMBER_SET for column in numbers[:3])
-            and all(all(map(_isfinite, column)) for column in numbers[:3])
-            and min(numbers[0]) > 0
-            and all(set(map(type, column)) == _INT for column in ints)
-            and max(ints[0]) <= U32_MAX
+            and set(map(type, chain.from_iterable(numbers))) <= _NUMBER_SET
+            and all(map(_isfinite, chain.from_iterable(numbers)))
+            and min(columns[_ROW_TTR]) > 0
+            and set(map(type, chain.from_iterable(ints))) == _INT
+            and max(columns[_ROW_PRIORITY]) <= U32_MAX
             and min(map(min, ints)) >= 0
             and max(map(max, ints)) <= U64_MAX
         )
+        return rows if valid else None
 
     @staticmethod
     def _optional_ok(change: dict[str, Any], extra: int) -> bool:
@@ -535,11 +565,13 @@ class Verdict(enum.Enum):
 
 
 class Record(NamedTuple):
-    """A whole record: where it starts and ends, and its validated changes."""
+    """A whole record: where it starts and ends, and its validated changes; `rows` their
+    `plain_ready_row`s when every change is a plain ready put (None otherwise)."""
 
     offset: int
     end: int
     changes: list[Change]
+    rows: list[PlainReadyRow] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -701,7 +733,7 @@ class FileScanner:
                         pass
                     else:
                         self.count += 1
-                        yield Record(offset, end, changes)
+                        yield Record(offset, end, changes, reader.rows)
                         offset = end
                         continue
             item = _read_record(data, offset, reader)

@@ -23,6 +23,7 @@ paused meanwhile (`allq.gcpause`): every change map recovery builds stays alive.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from allq.store.format import (
     parse_name,
 )
 from allq.store.storage import LOCK_NAME, Storage, write_all
+from allq.tubes.changes import PlainReadyRow
 
 log = logging.getLogger("allq.store")
 
@@ -70,8 +72,9 @@ class ChangeSink(Protocol):
         record is corrupt and nothing of it is applied)."""
         ...
 
-    def feed(self, changes: Sequence[Change]) -> None:
-        """Apply `changes`.
+    def feed(self, changes: Sequence[Change], rows: list[PlainReadyRow] | None = None) -> None:
+        """Apply `changes`; `rows`, when given, are their `plain_ready_row`s (every change is
+        a plain ready put): a sink may apply those instead.
 
         Raises:
             ValueError: a change that cannot be applied (recovery refuses to start).
@@ -98,7 +101,7 @@ class CollectingSink:
                 seen.add(job_id)
         return None
 
-    def feed(self, changes: Sequence[Change]) -> None:
+    def feed(self, changes: Sequence[Change], rows: list[PlainReadyRow] | None = None) -> None:
         for change in changes:
             t = change["t"]
             if t in JOB_CHANGES:
@@ -186,18 +189,7 @@ class _Recovery:
         """Refuse, or under repair quarantine the bad range and cut the file."""
         where = self.storage.describe(problem.name)
         if not self.repair:
-            if problem.drop_bytes:
-                effect = (
-                    f"move the {problem.drop_bytes} bytes from offset {problem.offset} to the "
-                    f"end of the file into {self.storage.describe(QUARANTINE)}/ and drop the "
-                    f"changes they hold ({REPAIR_CONSEQUENCES})"
-                )
-            else:
-                effect = f"go on without it ({REPAIR_CONSEQUENCES})"
-            raise RecoveryError(
-                f"corruption in {where} at offset {problem.offset}: {problem.reason}; "
-                f"refusing to start. --repair would {effect}"
-            )
+            raise refusal(self.storage, problem)
         self.out.repaired = True
         if problem.drop_bytes == 0:
             log.error("repair: %s at offset %d: %s", where, problem.offset, problem.reason)
@@ -482,19 +474,41 @@ class _Recovery:
             RecoveryError: the sink cannot apply a change (even `--repair` cannot drop it,
                 since part of the record may be applied already).
         """
+        current = Corruption(name, record.offset, "", size - record.offset)
         duplicate = self.sink.duplicate_put(changes)
         if duplicate is not None:
             reason = f"duplicate put of job {duplicate}"
-            self.corrupt(Corruption(name, record.offset, reason, size - record.offset))
+            self.corrupt(dataclasses.replace(current, reason=reason))
             return False
         try:
-            self.sink.feed(changes)
+            self.sink.feed(changes, record.rows if changes is record.changes else None)
         except ValueError as exc:
-            raise RecoveryError(
-                f"{self.storage.describe(name)} at offset {record.offset}: a change cannot "
-                f"be applied: {exc}; refusing to start (--repair does not change this)"
-            ) from None
+            raise unapplicable(self.storage, current, exc) from None
         return True
+
+
+def refusal(storage: Storage, problem: Corruption) -> RecoveryError:
+    """The refusal of §6.4 for a corruption found without `--repair`."""
+    if problem.drop_bytes:
+        effect = (
+            f"move the {problem.drop_bytes} bytes from offset {problem.offset} to the "
+            f"end of the file into {storage.describe(QUARANTINE)}/ and drop the "
+            f"changes they hold ({REPAIR_CONSEQUENCES})"
+        )
+    else:
+        effect = f"go on without it ({REPAIR_CONSEQUENCES})"
+    return RecoveryError(
+        f"corruption in {storage.describe(problem.name)} at offset {problem.offset}: "
+        f"{problem.reason}; refusing to start. --repair would {effect}"
+    )
+
+
+def unapplicable(storage: Storage, record: Corruption, exc: ValueError) -> RecoveryError:
+    """The refusal for a record whose change the sink cannot apply."""
+    return RecoveryError(
+        f"{storage.describe(record.name)} at offset {record.offset}: a change cannot "
+        f"be applied: {exc}; refusing to start (--repair does not change this)"
+    )
 
 
 def recover(

@@ -216,13 +216,17 @@ def restore(engine: Engine, changes: Iterable[Change]) -> int:
         return replayer.finish()
 
 
-#: The keys of a plain ready `put` (no parent, no optional field): its common shape.
-_PLAIN_READY_SIZE = 19
-_PLAIN_READY = itemgetter(
+#: A plain ready `put` (no parent, no optional field: nearly every job of a log) has
+#: exactly these keys besides `t` and `state`; `plain_ready_row` reads them in this order.
+PLAIN_READY_FIELDS = (
     "id", "tube", "body", "priority", "ttr", "expired_limit", "max_releases", "created_at",
-    "seq", "ready_since",
+    "seq", "ready_since", *COUNTERS,
 )  # fmt: skip
-_COUNTER_VALUES = itemgetter(*COUNTERS)
+_PLAIN_READY_SIZE = len(PLAIN_READY_FIELDS) + 2
+plain_ready_row = itemgetter(*PLAIN_READY_FIELDS)
+PlainReadyRow = tuple[Any, ...]
+
+
 _new_job = Job.__new__
 
 
@@ -249,8 +253,11 @@ class Replayer:
 
     def duplicate_put(self, changes: Sequence[Change]) -> str | None:
         """The id of a `put` in `changes` for a job that exists or is put twice by them."""
+        return self.duplicate_id([change["id"] for change in changes if change["t"] == "put"])
+
+    def duplicate_id(self, ids: Sequence[str]) -> str | None:
+        """An id of `ids` that a live job has or that `ids` holds twice."""
         jobs = self.engine.jobs
-        ids = [change["id"] for change in changes if change["t"] == "put"]
         if jobs.keys().isdisjoint(ids) and len(set(ids)) == len(ids):
             return None
         seen: set[str] = set()
@@ -260,60 +267,32 @@ class Replayer:
             seen.add(job_id)
         return None  # pragma: no cover (the first test found one)
 
-    def feed(self, changes: Iterable[Change]) -> None:
-        """Apply `changes` in order.
+    def feed(self, changes: Iterable[Change], rows: list[PlainReadyRow] | None = None) -> None:
+        """Apply `changes` in order; `rows`, when given, are their `plain_ready_row`s (every
+        change is a plain ready put, as recovery's column checks found) and are applied
+        instead.
 
         Raises:
             RestoreError: a duplicate put, or a change that cannot be applied (a state the
                 job cannot be restored in, a count for a job that is not a parent).
         """
+        if rows is not None:
+            self.add_plain_ready(rows)
+            return
         engine = self.engine
         jobs = engine.jobs
         pending = self.pending
-        names = self._names
-        ready = JobState.READY
+        run: list[PlainReadyRow] = []  # consecutive plain ready puts
         for change in changes:
             kind = change["t"]
+            if kind == "put" and len(change) == _PLAIN_READY_SIZE and change["state"] == "ready":
+                run.append(plain_ready_row(change))
+                continue
+            if run:
+                self.add_plain_ready(run)
+                run = []
             if kind == "put":
-                if len(change) != _PLAIN_READY_SIZE or change["state"] != "ready":
-                    self.put(change)
-                    continue
-                job_id, tube, body, priority, ttr, expired, releases, created, seq, since = (
-                    _PLAIN_READY(change)
-                )
-                if job_id in jobs:
-                    raise RestoreError(f"duplicate put of job {job_id}")
-                name = names.get(tube)
-                if name is None:  # one name string for all the tube's jobs
-                    name = names[tube] = _tube(engine, tube).name
-                new = _new_job(Job)
-                new.id = job_id
-                new.tube = name
-                new.body = body
-                new.priority = priority
-                new._terms = share_terms(float(ttr), expired, releases)
-                new.created_at = created
-                engine._put_seq += 1
-                new.put_seq = engine._put_seq
-                new.state = ready
-                new.shard_key = None
-                new.ready_seq = seq
-                new.ready_since = since
-                new._x = None
-                new._pos = -1
-                new._age_pos = -1
-                counters = _COUNTER_VALUES(change)
-                if any(counters):
-                    for counter, value in zip(COUNTERS, counters, strict=True):
-                        if value:
-                            setattr(new, counter, value)
-                if seq > engine._ready_seq:
-                    engine._ready_seq = seq
-                jobs[job_id] = new
-                group = pending.get(name)
-                if group is None:
-                    group = pending[name] = {}
-                group[job_id] = new
+                self.put(change)
             elif kind in ("state", "count", "delete"):
                 job = jobs.get(change["id"])
                 if job is None:
@@ -345,6 +324,66 @@ class Replayer:
                 engine.restore_sequences(change.get("seqs", {}))
             elif kind != "end":
                 raise RestoreError(f"unknown change type {kind!r}")
+        if run:
+            self.add_plain_ready(run)
+
+    def add_plain_ready(self, rows: Iterable[PlainReadyRow]) -> None:
+        """Plain ready puts given as `plain_ready_row` tuples (recovery's common case: each
+        job built here, its fields set straight into its slots).
+
+        Raises:
+            RestoreError: a job that exists already (the jobs of `rows` before it are put).
+        """
+        engine = self.engine
+        jobs = engine.jobs
+        names = self._names
+        ready = JobState.READY
+        put_seq, ready_seq = engine._put_seq, engine._ready_seq
+        name = ""  # the tube of the job before (no tube has an empty name) ...
+        group: dict[str, Job] = {}  # ... and its pending jobs
+        terms = (0.0, 0, 0)  # the `_terms` of the job before ...
+        last_terms: tuple[Any, ...] = ()  # ... and the values that made them
+        try:
+            for row in rows:
+                (job_id, tube, body, priority, ttr, expired, releases, created, seq, since,
+                 c0, c1, c2, c3, c4, c5, c6) = row  # fmt: skip
+                if job_id in jobs:
+                    raise RestoreError(f"duplicate put of job {job_id}")
+                if tube != name:
+                    known = names.get(tube)
+                    if known is None:  # one name string for all the tube's jobs
+                        known = names[tube] = _tube(engine, tube).name
+                    name = known
+                    group = self.pending.setdefault(name, {})
+                if (ttr, expired, releases) != last_terms:
+                    last_terms = (ttr, expired, releases)
+                    terms = share_terms(float(ttr), expired, releases)
+                new = _new_job(Job)
+                new.id = job_id
+                new.tube = name
+                new.body = body
+                new.priority = priority
+                new._terms = terms
+                new.created_at = created
+                put_seq += 1
+                new.put_seq = put_seq
+                new.state = ready
+                new.shard_key = None
+                new.ready_seq = seq
+                new.ready_since = since
+                new._x = None
+                new._pos = -1
+                new._age_pos = -1
+                if c0 or c1 or c2 or c3 or c4 or c5 or c6:
+                    for counter, value in zip(COUNTERS, row[10:], strict=True):
+                        if value:
+                            setattr(new, counter, value)
+                if seq > ready_seq:
+                    ready_seq = seq
+                jobs[job_id] = new
+                group[job_id] = new
+        finally:
+            engine._put_seq, engine._ready_seq = put_seq, ready_seq
 
     def finish(self) -> int:
         """Place the pending jobs and settle the engine; returns the orphan changes."""

@@ -37,6 +37,7 @@ TTR_KEY: Final[KeyOf] = attrgetter("_x.ttr_deadline", "_x.reserve_seq")
 #: waiting parents: timeout, then put order.
 PARENT_KEY: Final[KeyOf] = attrgetter("_x.parent.timeout_at", "put_seq")
 _FIRST: Final = itemgetter(0)
+_READY_SEQ: Final = attrgetter("ready_seq")
 
 
 def AGE_KEY(job: Job) -> Key:
@@ -121,7 +122,7 @@ class JobHeap:
             raise KeyError("a job is already in a heap")
         before = self._entries
         merged = before + added
-        merged.sort(key=self._key)
+        merged.sort(key=self._sort_key())
         self._entries = merged
         self._place_all()
         # A job given twice holds the position of one of its two places only.
@@ -131,6 +132,10 @@ class JobHeap:
             self._entries = before
             self._place_all()
             raise KeyError("a job is given twice")
+
+    def _sort_key(self) -> Callable[[Job], Any]:
+        """A key that sorts jobs as `key` does (`extend`)."""
+        return self._key
 
     def _place_all(self) -> None:
         """Write every job's position after the list was rebuilt."""
@@ -336,6 +341,9 @@ class AgeHeap(JobHeap):
 
     def __init__(self) -> None:
         super().__init__(AGE_KEY)
+
+    def _sort_key(self) -> Callable[[Job], Any]:
+        return _READY_SEQ  # the int itself: no Python call nor tuple per job
 
     def _place_all(self) -> None:
         for index, job in enumerate(self._entries):

@@ -27,6 +27,7 @@ from allq.store.format import (
     validate_change,
 )
 from allq.store.recovery import RecoveryError, recover
+from allq.tubes.changes import plain_ready_row
 from tests.store.builders import bury, chain, delete, jid, log_bytes, parent, put, storage_with
 
 BAD_VALUES: list[Any] = [
@@ -95,9 +96,15 @@ def _batch(size: int = 20) -> list[dict[str, Any]]:
 
 def test_column_checks_accept_a_batch_of_plain_ready_puts() -> None:
     batch = _batch()
-    assert _Reader(b"").plain_ready_puts(batch)
+    assert _Reader(b"").plain_ready_puts(batch) == [plain_ready_row(c) for c in batch]
     for change in batch:
         validate_change(change)
+    # a scanned record carries the rows (the replay applies them), only when all are plain
+    data = log_bytes(1, 0, [batch, batch[:3], [*batch, bury(3)]])
+    records = scan(log_name(1), data).records
+    assert records[1].rows == [plain_ready_row(c) for c in batch]
+    assert records[2].rows is None  # below COLUMN_CHECK_MIN: checked change by change
+    assert records[3].rows is None
 
 
 @pytest.mark.parametrize("position", [0, 7, 19])
