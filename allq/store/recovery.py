@@ -44,7 +44,7 @@ from allq.store.format import (
     parse_name,
 )
 from allq.store.storage import LOCK_NAME, Storage, write_all
-from allq.tubes.changes import PlainReadyRow
+from allq.tubes.changes import DuplicatePut, PlainReadyRow
 
 log = logging.getLogger("allq.store")
 
@@ -56,6 +56,7 @@ REPAIR_CONSEQUENCES: Final = "jobs put in that range are lost, jobs deleted in i
 _SNAPSHOT_BODY: Final = SNAPSHOT_TYPES - {"meta", "end"}
 _LOG_BODY: Final = frozenset(CHANGE_TYPES) - {"meta", "end"}
 _KIND: Final = itemgetter("t")
+_PUTS: Final = frozenset({"put"})
 
 
 class ChangeSink(Protocol):
@@ -67,16 +68,13 @@ class ChangeSink(Protocol):
         """Changes skipped because they named an unknown job (§6.2)."""
         ...
 
-    def duplicate_put(self, changes: Sequence[Change]) -> str | None:
-        """The id of a `put` among `changes` for a live job or put twice by them (then the
-        record is corrupt and nothing of it is applied)."""
-        ...
-
     def feed(self, changes: Sequence[Change], rows: list[PlainReadyRow] | None = None) -> None:
         """Apply `changes`; `rows`, when given, are their `plain_ready_row`s (every change is
         a plain ready put): a sink may apply those instead.
 
         Raises:
+            DuplicatePut: a `put` for a live job or put twice by `changes`; nothing of them
+                was applied (the record is corrupt: `--repair` drops it whole).
             ValueError: a change that cannot be applied (recovery refuses to start).
         """
         ...
@@ -91,17 +89,14 @@ class CollectingSink:
         self.live: dict[str, str] = {}  # job id -> tube
         self.tubes: dict[str, set[str]] = {}  # tube -> live job ids
 
-    def duplicate_put(self, changes: Sequence[Change]) -> str | None:
+    def feed(self, changes: Sequence[Change], rows: list[PlainReadyRow] | None = None) -> None:
         seen: set[str] = set()
         for change in changes:
             if change["t"] == "put":
                 job_id = str(change["id"])
                 if job_id in self.live or job_id in seen:
-                    return job_id
+                    raise DuplicatePut(f"duplicate put of job {job_id}")
                 seen.add(job_id)
-        return None
-
-    def feed(self, changes: Sequence[Change], rows: list[PlainReadyRow] | None = None) -> None:
         for change in changes:
             t = change["t"]
             if t in JOB_CHANGES:
@@ -377,7 +372,7 @@ class _Recovery:
         ended = self._ended = False
         for index, record in enumerate(records):
             changes = record.changes
-            kinds = set(map(_KIND, changes))
+            kinds = _PUTS if record.rows is not None else set(map(_KIND, changes))
             if index and not ended and kinds <= (_LOG_BODY if kind == KIND_LOG else _SNAPSHOT_BODY):
                 # The common record after a file's first: no structural check can fail on it.
                 applicable = changes
@@ -475,13 +470,11 @@ class _Recovery:
                 since part of the record may be applied already).
         """
         current = Corruption(name, record.offset, "", size - record.offset)
-        duplicate = self.sink.duplicate_put(changes)
-        if duplicate is not None:
-            reason = f"duplicate put of job {duplicate}"
-            self.corrupt(dataclasses.replace(current, reason=reason))
-            return False
         try:
             self.sink.feed(changes, record.rows if changes is record.changes else None)
+        except DuplicatePut as exc:
+            self.corrupt(dataclasses.replace(current, reason=str(exc)))
+            return False
         except ValueError as exc:
             raise unapplicable(self.storage, current, exc) from None
         return True

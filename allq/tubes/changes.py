@@ -38,6 +38,11 @@ class RestoreError(ValueError):
     """A change map that cannot be applied (a duplicate put, a malformed map)."""
 
 
+class DuplicatePut(RestoreError):
+    """A `put` for a job that exists or that its record puts twice; nothing of that record
+    was applied (`Replayer.feed` checks or undoes), so recovery may drop it whole."""
+
+
 def _logged_state(job: Job) -> tuple[JobState, dict[str, Any]]:
     """The state a job is logged in, with its ordering number and time field."""
     state = job.state
@@ -251,13 +256,10 @@ class Replayer:
         self.orphans = 0
         self._names: dict[str, str] = {}  # a tube's name as read -> its Tube's name
 
-    def duplicate_put(self, changes: Sequence[Change]) -> str | None:
+    def duplicate_put(self, changes: Iterable[Change]) -> str | None:
         """The id of a `put` in `changes` for a job that exists or is put twice by them."""
-        return self.duplicate_id([change["id"] for change in changes if change["t"] == "put"])
-
-    def duplicate_id(self, ids: Sequence[str]) -> str | None:
-        """An id of `ids` that a live job has or that `ids` holds twice."""
         jobs = self.engine.jobs
+        ids = [change["id"] for change in changes if change["t"] == "put"]
         if jobs.keys().isdisjoint(ids) and len(set(ids)) == len(ids):
             return None
         seen: set[str] = set()
@@ -273,12 +275,18 @@ class Replayer:
         instead.
 
         Raises:
-            RestoreError: a duplicate put, or a change that cannot be applied (a state the
-                job cannot be restored in, a count for a job that is not a parent).
+            DuplicatePut: a put for a live job or put twice by `changes`, if `changes` is a
+                list or `rows` are given: then nothing of them was applied.
+            RestoreError: a change that cannot be applied (a state the job cannot be
+                restored in, a count for a job that is not a parent).
         """
         if rows is not None:
             self.add_plain_ready(rows)
             return
+        if isinstance(changes, list) and len(changes) > 1:
+            duplicate = self.duplicate_put(changes)
+            if duplicate is not None:
+                raise DuplicatePut(f"duplicate put of job {duplicate}")
         engine = self.engine
         jobs = engine.jobs
         pending = self.pending
@@ -327,28 +335,31 @@ class Replayer:
         if run:
             self.add_plain_ready(run)
 
-    def add_plain_ready(self, rows: Iterable[PlainReadyRow]) -> None:
+    def add_plain_ready(self, rows: Sequence[PlainReadyRow]) -> None:
         """Plain ready puts given as `plain_ready_row` tuples (recovery's common case: each
         job built here, its fields set straight into its slots).
 
         Raises:
-            RestoreError: a job that exists already (the jobs of `rows` before it are put).
+            DuplicatePut: a job that exists already or comes twice; the jobs of `rows` put
+                before it are taken out again, so nothing of `rows` is applied.
         """
         engine = self.engine
         jobs = engine.jobs
         names = self._names
         ready = JobState.READY
-        put_seq, ready_seq = engine._put_seq, engine._ready_seq
+        put_seq, ready_seq = before = engine._put_seq, engine._ready_seq
         name = ""  # the tube of the job before (no tube has an empty name) ...
         group: dict[str, Job] = {}  # ... and its pending jobs
         terms = (0.0, 0, 0)  # the `_terms` of the job before ...
         last_terms: tuple[Any, ...] = ()  # ... and the values that made them
         try:
-            for row in rows:
+            for index, row in enumerate(rows):
                 (job_id, tube, body, priority, ttr, expired, releases, created, seq, since,
                  c0, c1, c2, c3, c4, c5, c6) = row  # fmt: skip
                 if job_id in jobs:
-                    raise RestoreError(f"duplicate put of job {job_id}")
+                    self._undo_plain(rows[:index])
+                    put_seq, ready_seq = before
+                    raise DuplicatePut(f"duplicate put of job {job_id}")
                 if tube != name:
                     known = names.get(tube)
                     if known is None:  # one name string for all the tube's jobs
@@ -385,6 +396,13 @@ class Replayer:
         finally:
             engine._put_seq, engine._ready_seq = put_seq, ready_seq
 
+    def _undo_plain(self, rows: Sequence[PlainReadyRow]) -> None:
+        """Take out the jobs `add_plain_ready` put from `rows`."""
+        jobs = self.engine.jobs
+        for row in rows:
+            job = jobs.pop(row[0])
+            del self.pending[job.tube][job.id]
+
     def finish(self) -> int:
         """Place the pending jobs and settle the engine; returns the orphan changes."""
         self.place()
@@ -396,7 +414,7 @@ class Replayer:
         engine = self.engine
         job_id = change["id"]
         if job_id in engine.jobs:
-            raise RestoreError(f"duplicate put of job {job_id}")
+            raise DuplicatePut(f"duplicate put of job {job_id}")
         job = _job_from(change)
         group = self.pending.get(job.tube)
         if group is None:

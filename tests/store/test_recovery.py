@@ -460,3 +460,17 @@ def test_a_change_the_engine_cannot_apply_refuses_even_with_repair() -> None:
         assert message.startswith(f"{L1} at offset ")
         assert "a change cannot be applied: count change for" in message
         assert "--repair does not change this" in message
+
+
+@pytest.mark.parametrize("twice", ["a live job", "a job of the same batch"])
+def test_repair_drops_a_batch_record_with_a_duplicate_put_whole(twice: str) -> None:
+    """A put_batch record (applied from its rows): the jobs before the duplicate are taken
+    out again, and the engine's sequence numbers are as before the record."""
+    batch = [put(n) for n in range(100, 130)]
+    batch[20] = put(1) if twice == "a live job" else put(105)
+    storage = storage_with(chain([[put(1)], batch, [put(2)]]))
+    engine, recovered = _engine_recovery(storage, repair=True)
+    assert set(engine.jobs) == {jid(1)}
+    assert recovered.repaired
+    fresh, _ = _engine_recovery(storage_with(chain([[put(1)]])))
+    assert engine.sequences() == fresh.sequences()
