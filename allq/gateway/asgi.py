@@ -46,10 +46,14 @@ import trio
 from quart_trio import QuartTrio
 
 from allq.config import ConfigError
-from allq.gateway.app import create_app
 from allq.gateway.cluster import Gateway, GatewayConfig, open_gateway
 from allq.gateway.errors import NoServer
-from allq.gateway.process import GatewayProcessConfig, config_from_settings, core_config
+from allq.gateway.process import (
+    GatewayProcessConfig,
+    config_from_settings,
+    core_config,
+    rest_app,
+)
 from allq.log import adopt_logger, configure_logging
 from allq.settings import BY_SECTION, read_config_file, resolve
 
@@ -261,14 +265,7 @@ def build_app(environ: Mapping[str, str]) -> QuartTrio:
     if unused := unused_settings(environ):
         log.warning("not used under Hypercorn: %s", "; ".join(unused))
     core = LifespanCore(core_config(config))
-    app = create_app(
-        core,
-        api_token=config.api_token,
-        max_body_bytes=config.max_body_bytes,
-        max_inflight=config.max_inflight,
-        max_waiting=config.max_waiting,
-        long_poll_cap_s=config.long_poll_cap_s,
-    )
+    app = rest_app(core, config)
 
     @app.before_serving
     async def start_core() -> None:

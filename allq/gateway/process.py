@@ -34,6 +34,9 @@ from allq.settings import BY_SECTION
 from allq.wire.keyfiles import KeyFileError, load_public_key, load_secret_key
 
 if TYPE_CHECKING:
+    from quart_trio import QuartTrio
+
+    from allq.gateway.core import GatewayCore
     from allq.gateway.line import LineConfig
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,21 @@ class GatewayProcessConfig:
                 ServerAddress.parse(address)
             except ValueError as exc:
                 raise ConfigError(f"setting servers: {exc}") from None
+
+
+def rest_app(core: GatewayCore, config: GatewayProcessConfig) -> QuartTrio:
+    """The REST app over `core` with the limits of `config` (`allq gateway` and the ASGI
+    entry). Quart is imported here, not with this module: `allq gateway --help` stays fast."""
+    from allq.gateway.app import create_app
+
+    return create_app(
+        core,
+        api_token=config.api_token,
+        max_body_bytes=config.max_body_bytes,
+        max_inflight=config.max_inflight,
+        max_waiting=config.max_waiting,
+        long_poll_cap_s=config.long_poll_cap_s,
+    )
 
 
 def config_from_settings(values: Mapping[str, Any]) -> GatewayProcessConfig:
@@ -205,7 +223,6 @@ async def run_gateway(
     Alone, it watches SIGINT/SIGTERM itself; as one of `--workers N` it is given the shared
     listening `sock` and the parent's `shutdown_trigger`.
     """
-    from allq.gateway.app import create_app
     from allq.gateway.line import serve_line
     from allq.gateway.serve import serve_rest
 
@@ -217,14 +234,7 @@ async def run_gateway(
         else:
             root.start_soon(_set_after, shutdown_trigger, stop)
         async with open_gateway(core) as gateway:
-            app = create_app(
-                gateway,
-                api_token=config.api_token,
-                max_body_bytes=config.max_body_bytes,
-                max_inflight=config.max_inflight,
-                max_waiting=config.max_waiting,
-                long_poll_cap_s=config.long_poll_cap_s,
-            )
+            app = rest_app(gateway, config)
             served = trio.Event()
 
             async def rest(task_status: trio.TaskStatus[tuple[str, int]]) -> None:  # noqa: ASYNC128
