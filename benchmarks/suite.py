@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -1024,7 +1025,12 @@ def chart(report: dict[str, Any], path: Path) -> str | None:
     shown = [b for b in ("B1", "B5", "B9") if report["benchmarks"].get(b, {}).get("status") == "ok"]
     if not shown:
         return "no B1/B5/B9 results to chart"
-    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4), squeeze=False)
+    # Each panel as wide as its variants need, labels wrapped to their bar's width.
+    widths = [max(4.0, 1.7 * len(report["benchmarks"][b]["variants"])) for b in shown]
+    fig, axes = plt.subplots(
+        1, len(shown), figsize=(sum(widths), 4.8), squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+    )  # fmt: skip
     for ax, bench_id in zip(axes[0], shown, strict=True):
         variants = report["benchmarks"][bench_id]["variants"]
         names = list(variants)
@@ -1032,7 +1038,8 @@ def chart(report: dict[str, Any], path: Path) -> str | None:
         low = [m - variants[n]["jobs_per_s"]["min"] for m, n in zip(med, names, strict=True)]
         high = [variants[n]["jobs_per_s"]["max"] - m for m, n in zip(med, names, strict=True)]
         ax.bar(range(len(names)), med, yerr=[low, high], capsize=4, color="tab:blue")
-        ax.set_xticks(range(len(names)), [n.replace(", ", "\n") for n in names], fontsize=8)
+        labels = [textwrap.fill(n.replace(", ", "; "), 16) for n in names]
+        ax.set_xticks(range(len(names)), labels, fontsize=8)
         ax.set_title(f"{bench_id} {report['benchmarks'][bench_id]['name']}")
         ax.set_ylabel("jobs/s (median, min-max)")
     fig.suptitle(f"allq benchmarks, {report['date'][:10]}, {report['machine']['cores']} cores")
