@@ -429,7 +429,13 @@ def test_an_engine_sink_ends_where_collecting_then_restoring_ends() -> None:
 
 @pytest.mark.parametrize("sink", ["collect", "engine"])
 @pytest.mark.parametrize(
-    "records", [[[put(1)], [put(1)]], [[put(1), put(1)]], [[put(1)], [put(2), put(1)]]]
+    "records",
+    [
+        [[put(1)], [put(1)]],  # a plain put alone: built from its row
+        [[put(1), put(1)]],
+        [[put(1)], [put(2), put(1)]],
+        [[parent(1)], [parent(1)]],  # not a plain put: the general path
+    ],
 )
 def test_a_duplicate_put_is_corruption_with_either_sink(
     records: list[list[Change]], sink: str
