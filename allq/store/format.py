@@ -36,7 +36,12 @@ from typing import Any, Final, NamedTuple, cast
 
 import cbor2
 
-from allq.tubes.changes import PLAIN_READY_FIELDS, PlainReadyRow, plain_ready_row
+from allq.tubes.changes import (
+    PLAIN_READY_FIELDS,
+    PLAIN_READY_SIZE,
+    PlainReadyRow,
+    plain_ready_row,
+)
 from allq.tubes.config import SERVER_ID_RE
 from allq.tubes.job import COUNTERS
 from allq.tubes.validate import IDEMPOTENCY_KEY_RE, LOCAL_ID_RE, TUBE_NAME_RE
@@ -364,7 +369,7 @@ _OPTIONAL_MATCH: Final = (
 LARGE_READ: Final = 65536
 #: Records of at least this many changes try `_Reader.plain_ready_puts` first.
 COLUMN_CHECK_MIN: Final = 16
-_PLAIN_READY_SIZE: Final = {_PUT_SIZE}
+_PLAIN_READY_SIZE: Final = {PLAIN_READY_SIZE}
 _ROW_TTR: Final = PLAIN_READY_FIELDS.index("ttr")
 _ROW_PRIORITY: Final = PLAIN_READY_FIELDS.index("priority")
 _ROW_NUMBERS: Final = tuple(

@@ -227,7 +227,8 @@ PLAIN_READY_FIELDS = (
     "id", "tube", "body", "priority", "ttr", "expired_limit", "max_releases", "created_at",
     "seq", "ready_since", *COUNTERS,
 )  # fmt: skip
-_PLAIN_READY_SIZE = len(PLAIN_READY_FIELDS) + 2
+#: How many keys a plain ready `put` map has: `PLAIN_READY_FIELDS`, `t` and `state`.
+PLAIN_READY_SIZE = len(PLAIN_READY_FIELDS) + 2
 plain_ready_row = itemgetter(*PLAIN_READY_FIELDS)
 PlainReadyRow = tuple[Any, ...]
 
@@ -247,7 +248,7 @@ class Replayer:
     the rest of the replay. Jobs the engine held before keep the one-change-at-a-time path.
 
     Recovery speed (performance.md B8): a plain ready `put` (the change of nearly every
-    job in a log) is built in `feed` itself, its fields set straight into the slots.
+    job in a log) is built by `add_plain_ready`, its fields set straight into the slots.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -293,7 +294,7 @@ class Replayer:
         run: list[PlainReadyRow] = []  # consecutive plain ready puts
         for change in changes:
             kind = change["t"]
-            if kind == "put" and len(change) == _PLAIN_READY_SIZE and change["state"] == "ready":
+            if kind == "put" and len(change) == PLAIN_READY_SIZE and change["state"] == "ready":
                 run.append(plain_ready_row(change))
                 continue
             if run:
