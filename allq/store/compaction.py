@@ -49,7 +49,7 @@ from allq.store.format import (
 )
 from allq.store.log import LogWriter, WriteFailed
 from allq.store.storage import OsStorage, Storage, write_all
-from allq.tubes.changes import dump, restore
+from allq.tubes.changes import dump, fold_puts, restore
 from allq.tubes.config import EngineConfig
 from allq.tubes.engine import Engine
 
@@ -226,8 +226,12 @@ def compact(
         "seqs": merged,
         "version": version,
     }
-    everything = [meta, *live]
-    everything.append({"t": "end", "changes": len(everything)})
+    # Runs of plain ready puts are written as `puts` changes (format 2), folded per record;
+    # `end` counts the changes as written.
+    records = [fold_puts(group) for group in _records([meta, *live])]
+    del live
+    written = sum(map(len, records))
+    records[-1].append({"t": "end", "changes": written})
     tmp = snap_name(target) + TMP_SUFFIX
     created_ms = wall_ms() if wall_ms is not None else int(time.time() * 1000)
     _remove_quietly(storage, tmp)
@@ -235,7 +239,7 @@ def compact(
     snapshot_bytes = 0
     try:
         buffer = bytearray(encode_header(KIND_SNAPSHOT, target, created_ms))
-        for group in _records(everything):
+        for group in records:
             buffer += encode_record(group)
             if len(buffer) >= WRITE_CHUNK:
                 write_all(storage, handle, bytes(buffer))
@@ -276,7 +280,7 @@ def compact(
         removed_logs=removed_logs,
         snapshot_bytes=snapshot_bytes,
         jobs=jobs,
-        changes=len(everything),
+        changes=written + 1,
         duration_s=time.monotonic() - started,
     )
 

@@ -48,7 +48,10 @@ from allq.tubes.validate import IDEMPOTENCY_KEY_RE, LOCAL_ID_RE, TUBE_NAME_RE
 from allq.wire.codec import _NO_TAGS, MAX_DEPTH, _check_value, _tag_hook
 
 MAGIC: Final = b"ALQLOG\r\n"
-FORMAT_VERSION: Final = 1
+#: The version this code writes; it reads `READABLE_VERSIONS` (format 2 adds the `puts`
+#: change, see `allq.tubes.changes.fold_puts`).
+FORMAT_VERSION: Final = 2
+READABLE_VERSIONS: Final = (1, 2)
 KIND_LOG: Final = 1
 KIND_SNAPSHOT: Final = 2
 HEADER_SIZE: Final = 32
@@ -100,12 +103,14 @@ class FileHeader:
     kind: int
     seq: int
     created_ms: int
+    version: int = FORMAT_VERSION
 
 
-def encode_header(kind: int, seq: int, created_ms: int) -> bytes:
+def encode_header(kind: int, seq: int, created_ms: int, version: int = FORMAT_VERSION) -> bytes:
+    """A file header; `version` other than `FORMAT_VERSION` only to test older files."""
     if kind not in (KIND_LOG, KIND_SNAPSHOT):
         raise ValueError(f"unknown file kind {kind}")
-    head = _HEADER.pack(MAGIC, FORMAT_VERSION, kind, 0, seq, created_ms)
+    head = _HEADER.pack(MAGIC, version, kind, 0, seq, created_ms)
     return head + _U32.pack(zlib.crc32(head))
 
 
@@ -123,11 +128,14 @@ def decode_header(data: bytes) -> FileHeader:
         raise FormatError("file header CRC mismatch")
     if magic != MAGIC:
         raise FormatError("not an allq log file (wrong magic)")
-    if version != FORMAT_VERSION:
-        raise FormatError(f"unsupported format version {version}")
+    if version not in READABLE_VERSIONS:
+        raise FormatError(
+            f"unsupported format version {version} (this allq reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: a newer allq wrote this file?)"
+        )
     if kind not in (KIND_LOG, KIND_SNAPSHOT) or pad != 0:
         raise FormatError(f"unknown file kind {kind}/{pad}")
-    return FileHeader(kind, seq, created_ms)
+    return FileHeader(kind, seq, created_ms, version)
 
 
 # --- strict CBOR (wire.md §4) for arrays ------------------------------------------------
@@ -143,13 +151,14 @@ _STRICT: Final[dict[str, Any]] = {
 }
 
 
-def decode_payload(payload: bytes) -> list[Change]:
-    """A record payload: one CBOR array of one or more maps, strictly decoded and validated.
+def decode_payload(payload: bytes, version: int = FORMAT_VERSION) -> list[Change]:
+    """A record payload of a file of format `version`: one CBOR array of one or more maps,
+    strictly decoded and validated.
 
     Raises:
         FormatError: invalid CBOR, a disallowed type, not an array of maps, an invalid change.
     """
-    return _Reader(payload).decode(0, len(payload))
+    return _Reader(payload, version).decode(0, len(payload))
 
 
 def encode_record(changes: Sequence[Mapping[str, object]]) -> bytes:
@@ -256,7 +265,7 @@ _STATE: Final[dict[str, Check]] = {
 }
 _FIXED: Final[dict[str, dict[str, Check]]] = {
     "meta": {
-        "format": lambda v: type(v) is int and v == FORMAT_VERSION,
+        "format": lambda v: type(v) is int and v in READABLE_VERSIONS,
         "server_id": _matches(SERVER_ID_RE),
         "prev": _COUNT,
         "seqs": _is_seqs,
@@ -282,7 +291,14 @@ _FIXED: Final[dict[str, dict[str, Check]]] = {
     "idem": {"key": _matches(IDEMPOTENCY_KEY_RE), "id": _ID, "first_seen": _is_number},
     "end": {"changes": _COUNT},
 }
-CHANGE_TYPES: Final = ("meta", "put", "state", "delete", "count", "clear", "tube", "idem", "end")
+CHANGE_TYPES: Final = (
+    "meta", "put", "puts", "state", "delete", "count", "clear", "tube", "idem", "end",
+)  # fmt: skip
+#: The element check of each column of a `puts` change (format 2).
+_PUTS_COLUMNS: Final[dict[str, Check]] = {
+    name: _is_number if name == "ready_since" else _JOB_REQUIRED[name]
+    for name in PLAIN_READY_FIELDS
+}
 
 
 def _expected_fields(change: Mapping[str, object]) -> tuple[dict[str, Check], dict[str, Check]]:
@@ -313,6 +329,9 @@ def validate_change(change: Mapping[str, object]) -> None:
     Raises:
         FormatError: an unknown type, a missing, unknown or ill-typed field.
     """
+    if change.get("t") == "puts":
+        _validate_puts(change)
+        return
     required, optional = _expected_fields(change)
     kind = change["t"]
     for key, value in change.items():
@@ -328,6 +347,32 @@ def validate_change(change: Mapping[str, object]) -> None:
     for key in required:
         if key not in change:
             raise FormatError(f"{kind}: missing field {key!r}")
+
+
+def _validate_puts(change: Mapping[str, object]) -> None:
+    """A `puts` change: exactly the columns of `PLAIN_READY_FIELDS`, arrays of one length
+    of at least 1, every element valid for its field."""
+    length: int | None = None
+    for key, column in change.items():
+        if key == "t":
+            continue
+        if not isinstance(key, str):
+            raise FormatError("puts: map keys must be text strings")
+        check = _PUTS_COLUMNS.get(key)
+        if check is None:
+            raise FormatError(f"puts: unexpected field {key!r}")
+        if not isinstance(column, list) or not column:
+            raise FormatError(f"puts: {key} is not a non-empty array")
+        if length is None:
+            length = len(column)
+        elif len(column) != length:
+            raise FormatError(f"puts: {key} has {len(column)} values, other fields {length}")
+        for index, value in enumerate(column):
+            if not check(value):
+                raise FormatError(f"puts: invalid {key}[{index}] {value!r:.80}")
+    for key in _PUTS_COLUMNS:
+        if key not in change:
+            raise FormatError(f"puts: missing field {key!r}")
 
 
 # --- fast decoding and validation of a file's records -----------------------------------
@@ -381,6 +426,7 @@ _ROW_INTS: Final = tuple(
     if name in ("priority", "expired_limit", "max_releases", "seq", *COUNTERS)
 )
 _DICT: Final = {dict}
+_LIST: Final = {list}
 _STR: Final = {str}
 _BYTES: Final = {bytes}
 _INT: Final = {int}
@@ -406,10 +452,11 @@ class _Reader:
     is replaced then. `fast_valid` remembers the tube names it already checked.
     """
 
-    __slots__ = ("_fp", "_large", "_small", "_tubes", "rows")
+    __slots__ = ("_fp", "_large", "_small", "_tubes", "columns", "rows")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, version: int = FORMAT_VERSION) -> None:
         self.rows: list[PlainReadyRow] | None = None  # of the last record decoded, if plain
+        self.columns = version >= 2  # whether `puts` changes may occur
         self._fp = io.BytesIO(data)
         self._small = cbor2.CBORDecoder(self._fp, **_STRICT)
         self._large = cbor2.CBORDecoder(self._fp, read_size=LARGE_READ, **_STRICT)
@@ -451,6 +498,8 @@ class _Reader:
                 raise FormatError(f"change {index} is not a map")
             if self.fast_valid(change):
                 continue
+            if not self.columns and change.get("t") == "puts":
+                raise FormatError(f"change {index}: a puts change in a format 1 file")
             try:
                 validate_change(change)
             except FormatError as exc:
@@ -464,6 +513,8 @@ class _Reader:
         kind = change.get("t")
         if kind == "delete":
             return len(change) == 2 and self._id_ok(change.get("id"))
+        if kind == "puts":
+            return self.columns and self._puts_valid(change)
         state = change.get("state")
         if type(state) is not str or state not in STATE_TIMES:
             return False
@@ -515,11 +566,30 @@ class _Reader:
             rows = list(map(plain_ready_row, changes))
         except (KeyError, TypeError):  # a missing field; an unhashable kind or state
             return None
-        columns = list(zip(*rows, strict=True))
+        return rows if self._columns_valid(list(zip(*rows, strict=True))) else None
+
+    def _puts_valid(self, change: dict[str, Any]) -> bool:
+        """Whether a `puts` change is certainly valid (`_columns_valid` over its columns)."""
+        if len(change) != PLAIN_READY_SIZE - 1:  # the fields and `t`
+            return False
+        try:
+            columns = [change[name] for name in PLAIN_READY_FIELDS]
+        except KeyError:
+            return False
+        return (
+            set(map(type, columns)) == _LIST
+            and len(set(map(len, columns))) == 1
+            and len(columns[0]) > 0
+            and self._columns_valid(columns)
+        )
+
+    def _columns_valid(self, columns: Sequence[Sequence[Any]]) -> bool:
+        """Whether the values of plain ready puts, one column per field of
+        `PLAIN_READY_FIELDS` (of equal lengths), are certainly valid."""
         ids, tubes, bodies = columns[:3]
         numbers = [columns[index] for index in _ROW_NUMBERS]
         ints = [columns[index] for index in _ROW_INTS]
-        valid = (
+        return (
             set(map(type, ids)) == _STR
             and all(map(_id_match, ids))
             and set(map(type, tubes)) == _STR
@@ -533,7 +603,6 @@ class _Reader:
             and min(map(min, ints)) >= 0
             and max(map(max, ints)) <= U64_MAX
         )
-        return rows if valid else None
 
     @staticmethod
     def _optional_ok(change: dict[str, Any], extra: int) -> bool:
@@ -715,7 +784,7 @@ class FileScanner:
         self.header = header
         offset = HEADER_SIZE
         size = len(data)
-        reader = _Reader(data)
+        reader = _Reader(data, header.version)
         view = memoryview(data)
         crc32 = zlib.crc32
         while offset < size:

@@ -40,6 +40,7 @@ import trio
 
 from allq.store.format import FORMAT_VERSION, KIND_LOG, encode_header, encode_record, log_name
 from allq.store.storage import Storage, write_all
+from allq.tubes.changes import fold_puts
 
 log = logging.getLogger("allq.store")
 
@@ -166,7 +167,7 @@ class LogWriter:
             raise WriteFailed(self._failed)
         if self._closed:
             raise WriteFailed("the log is closed")
-        data = encode_record(changes)
+        data = encode_record(fold_puts(changes))
         now = trio.current_time()
         if self._switching:
             self._pending.append(data)

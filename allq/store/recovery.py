@@ -49,7 +49,7 @@ from allq.tubes.changes import DuplicatePut, PlainReadyRow
 log = logging.getLogger("allq.store")
 
 QUARANTINE: Final = "quarantine"
-SNAPSHOT_TYPES: Final = frozenset({"meta", "tube", "put", "idem", "end"})
+SNAPSHOT_TYPES: Final = frozenset({"meta", "tube", "put", "puts", "idem", "end"})
 JOB_CHANGES: Final = frozenset({"state", "delete", "count"})
 REPAIR_CONSEQUENCES: Final = "jobs put in that range are lost, jobs deleted in it may come back"
 #: Change types a record after the first may hold without any structural check.
@@ -92,14 +92,23 @@ class CollectingSink:
     def feed(self, changes: Sequence[Change], rows: list[PlainReadyRow] | None = None) -> None:
         seen: set[str] = set()
         for change in changes:
-            if change["t"] == "put":
-                job_id = str(change["id"])
-                if job_id in self.live or job_id in seen:
-                    raise DuplicatePut(f"duplicate put of job {job_id}")
-                seen.add(job_id)
+            t = change["t"]
+            if t == "put" or t == "puts":
+                ids = [change["id"]] if t == "put" else change["id"]
+                assert isinstance(ids, list)
+                for job_id in map(str, ids):
+                    if job_id in self.live or job_id in seen:
+                        raise DuplicatePut(f"duplicate put of job {job_id}")
+                    seen.add(job_id)
         for change in changes:
             t = change["t"]
-            if t in JOB_CHANGES:
+            if t == "puts":
+                ids, tubes = change["id"], change["tube"]
+                assert isinstance(ids, list) and isinstance(tubes, list)
+                for job_id, tube in zip(map(str, ids), map(str, tubes), strict=True):
+                    self.live[job_id] = tube
+                    self.tubes.setdefault(tube, set()).add(job_id)
+            elif t in JOB_CHANGES:
                 job_id = str(change["id"])
                 owner = self.live.get(job_id)
                 if owner is None:

@@ -16,7 +16,7 @@ ready job it was before its reservation, so a restart puts it back in its place 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -231,6 +231,68 @@ PLAIN_READY_FIELDS = (
 PLAIN_READY_SIZE = len(PLAIN_READY_FIELDS) + 2
 plain_ready_row = itemgetter(*PLAIN_READY_FIELDS)
 PlainReadyRow = tuple[Any, ...]
+_PLAIN_READY_KEYS = frozenset({"t", "state", *PLAIN_READY_FIELDS})
+#: Runs of at least this many plain ready puts are written as one `puts` change.
+PUTS_MIN = 2
+
+
+def is_plain_ready(change: Mapping[str, Any]) -> bool:
+    """Whether `change` is a plain ready `put`: no parent, no optional field."""
+    return (
+        change.get("t") == "put"
+        and len(change) == PLAIN_READY_SIZE
+        and change.get("state") == "ready"
+        and change.keys() == _PLAIN_READY_KEYS
+    )
+
+
+def fold_puts(changes: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """`changes` with each run of at least `PUTS_MIN` plain ready puts folded into one
+    `puts` change (format 2): `{"t": "puts", field: [value of each put, ...], ...}` for
+    every field of `PLAIN_READY_FIELDS`, the puts in their order.
+
+    Recovery speed (performance.md B8): a `put_batch` or snapshot record of such columns
+    decodes about five times faster than the same puts as maps (no 19 key strings per job)
+    and is half the size.
+    """
+    out: list[Mapping[str, Any]] = []
+    run: list[Mapping[str, Any]] = []
+    for change in changes:
+        if is_plain_ready(change):
+            run.append(change)
+            continue
+        _flush_run(run, out)
+        out.append(change)
+    _flush_run(run, out)
+    return out
+
+
+def _flush_run(run: list[Mapping[str, Any]], out: list[Mapping[str, Any]]) -> None:
+    if len(run) >= PUTS_MIN:
+        columns = zip(*map(plain_ready_row, run), strict=True)
+        out.append({"t": "puts", **dict(zip(PLAIN_READY_FIELDS, map(list, columns), strict=True))})
+    else:
+        out.extend(run)
+    run.clear()
+
+
+def puts_rows(change: Change) -> list[PlainReadyRow]:
+    """The `plain_ready_row`s of a `puts` change (its columns must be of equal length)."""
+    return list(zip(*(change[name] for name in PLAIN_READY_FIELDS), strict=True))
+
+
+def unfold_puts(changes: Iterable[Change]) -> list[Change]:
+    """`changes` with every `puts` change expanded into its `put` maps (`fold_puts` undone)."""
+    out: list[Change] = []
+    for change in changes:
+        if change["t"] != "puts":
+            out.append(change)
+            continue
+        for row in puts_rows(change):
+            put: Change = {"t": "put", **dict(zip(PLAIN_READY_FIELDS, row, strict=True))}
+            put["state"] = "ready"
+            out.append(put)
+    return out
 
 
 _new_job = Job.__new__
@@ -260,7 +322,13 @@ class Replayer:
     def duplicate_put(self, changes: Iterable[Change]) -> str | None:
         """The id of a `put` in `changes` for a job that exists or is put twice by them."""
         jobs = self.engine.jobs
-        ids = [change["id"] for change in changes if change["t"] == "put"]
+        ids: list[str] = []
+        for change in changes:
+            kind = change["t"]
+            if kind == "put":
+                ids.append(change["id"])
+            elif kind == "puts":
+                ids.extend(change["id"])
         if jobs.keys().isdisjoint(ids) and len(set(ids)) == len(ids):
             return None
         seen: set[str] = set()
@@ -300,7 +368,9 @@ class Replayer:
             if run:
                 self.add_plain_ready(run)
                 run = []
-            if kind == "put":
+            if kind == "puts":
+                self.add_plain_ready(puts_rows(change))
+            elif kind == "put":
                 self.put(change)
             elif kind in ("state", "count", "delete"):
                 job = jobs.get(change["id"])

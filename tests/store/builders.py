@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from allq.store.format import (
+    FORMAT_VERSION,
     KIND_LOG,
     KIND_SNAPSHOT,
     Change,
@@ -34,10 +35,10 @@ def jid(n: int) -> str:
     return f"job{n:019d}"
 
 
-def meta(prev: int = 0, server_id: str = SERVER) -> Change:
+def meta(prev: int = 0, server_id: str = SERVER, version: int = FORMAT_VERSION) -> Change:
     return {
         "t": "meta",
-        "format": 1,
+        "format": version,
         "server_id": server_id,
         "prev": prev,
         "seqs": {"ready_seq": 0},
@@ -98,10 +99,16 @@ def delete(n: int) -> Change:
     return {"t": "delete", "id": jid(n)}
 
 
-def log_bytes(seq: int, prev: int, records: Sequence[Sequence[Change]], **kw: str) -> bytes:
+def log_bytes(
+    seq: int,
+    prev: int,
+    records: Sequence[Sequence[Change]],
+    server_id: str = SERVER,
+    version: int = FORMAT_VERSION,
+) -> bytes:
     """A log segment: header, a record holding `meta`, then one record per item."""
-    data = encode_header(KIND_LOG, seq, 1_700_000_000_000)
-    data += encode_record([meta(prev, **kw)])
+    data = encode_header(KIND_LOG, seq, 1_700_000_000_000, version)
+    data += encode_record([meta(prev, server_id, version)])
     for changes in records:
         data += encode_record(changes)
     return data

@@ -65,10 +65,10 @@ def test_header_round_trip(kind: int, seq: int, created: int) -> None:
     data = encode_header(kind, seq, created)
     assert len(data) == HEADER_SIZE
     assert data[:8] == b"ALQLOG\r\n"
-    assert data[8:12] == b"\x00\x01" + bytes([kind]) + b"\x00"
+    assert data[8:12] == b"\x00\x02" + bytes([kind]) + b"\x00"
     assert struct.unpack(">I", data[28:])[0] == zlib.crc32(data[:28])
     header = decode_header(data)
-    assert (header.kind, header.seq, header.created_ms) == (kind, seq, created)
+    assert (header.kind, header.seq, header.created_ms, header.version) == (kind, seq, created, 2)
 
 
 def _resealed(head: bytes) -> bytes:
@@ -81,7 +81,11 @@ def _resealed(head: bytes) -> bytes:
         (lambda h: h[:31], "incomplete file header"),
         (lambda h: h[:5] + bytes([h[5] ^ 1]) + h[6:], "CRC mismatch"),
         (lambda h: _resealed(b"ALQLOX\r\n" + h[8:]), "wrong magic"),
-        (lambda h: _resealed(h[:8] + b"\x00\x02" + h[10:]), "version 2"),
+        (
+            lambda h: _resealed(h[:8] + b"\x00\x03" + h[10:]),
+            "version 3 .this allq reads versions 1, 2",
+        ),
+        (lambda h: _resealed(h[:8] + b"\x00\x00" + h[10:]), "version 0"),
         (lambda h: _resealed(h[:10] + b"\x03" + h[11:]), "kind 3"),
         (lambda h: _resealed(h[:11] + b"\x01" + h[12:]), "kind 1/1"),
     ],
@@ -156,7 +160,8 @@ def _without(change: fmt.Change, key: str) -> fmt.Change:
         ({**bury(1), "state": "waiting"}, "invalid state"),
         (_without(bury(1), "kicks"), "missing field 'kicks'"),
         ({"t": "delete"}, "missing field 'id'"),
-        ({**meta(), "format": 2}, "invalid format"),
+        ({**meta(), "format": 3}, "invalid format"),
+        ({**meta(), "format": True}, "invalid format"),
         ({**meta(), "seqs": {"a": -1}}, "invalid seqs"),
         (
             {
