@@ -452,10 +452,11 @@ class _Reader:
     is replaced then. `fast_valid` remembers the tube names it already checked.
     """
 
-    __slots__ = ("_fp", "_large", "_small", "_tubes", "columns", "rows")
+    __slots__ = ("_fp", "_large", "_small", "_tubes", "columns", "rows", "version")
 
     def __init__(self, data: bytes, version: int = FORMAT_VERSION) -> None:
         self.rows: list[PlainReadyRow] | None = None  # of the last record decoded, if plain
+        self.version = version  # the file header's; a `meta` change must say the same
         self.columns = version >= 2  # whether `puts` changes may occur
         self._fp = io.BytesIO(data)
         self._small = cbor2.CBORDecoder(self._fp, **_STRICT)
@@ -504,6 +505,11 @@ class _Reader:
                 validate_change(change)
             except FormatError as exc:
                 raise FormatError(f"change {index}: {exc}") from None
+            if change["t"] == "meta" and change["format"] != self.version:
+                raise FormatError(
+                    f"change {index}: meta says format {change['format']}, "
+                    f"the file header {self.version}"
+                )
         return value
 
     def fast_valid(self, change: dict[str, Any]) -> bool:

@@ -639,6 +639,21 @@ def test_a_file_of_an_unknown_version_is_refused_naming_the_version(version: int
     )
 
 
+@pytest.mark.parametrize(("header", "said"), [(1, 2), (2, 1)])
+def test_a_meta_whose_format_differs_from_the_header_is_refused(header: int, said: int) -> None:
+    data = encode_header(KIND_LOG, 1, 1_700_000_000_000, header)
+    data += encode_record([meta(0, version=said)]) + encode_record([put(1)])
+    with pytest.raises(RecoveryError) as caught:
+        recover(storage_with({L1: data}))
+    assert str(caught.value).startswith(
+        f"corruption in {L1} at offset {HEADER_SIZE}: invalid record: change 0: "
+        f"meta says format {said}, the file header {header}"
+    )
+    agreeing = encode_header(KIND_LOG, 1, 1_700_000_000_000, header)
+    agreeing += encode_record([meta(0, version=header)]) + encode_record([put(1)])
+    assert recover(storage_with({L1: agreeing})).changes == [put(1)]
+
+
 # --- 4. replay: duplicate puts in and against `puts` changes ------------------------------------
 
 

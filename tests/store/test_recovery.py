@@ -302,7 +302,7 @@ def test_snapshot_without_end() -> None:
         ([[put(1)], [put(1)]], "duplicate put of job"),
         ([[put(1), put(1)]], "duplicate put of job"),
         ([[{"t": "end", "changes": 1}]], "end change in a log segment"),
-        ([[put(2), {"t": "meta", "format": 1, "server_id": "s1", "prev": 0, "seqs": {},
+        ([[put(2), {"t": "meta", "format": 2, "server_id": "s1", "prev": 0, "seqs": {},
                     "version": "x"}]], "meta change not first"),
     ],
 )  # fmt: skip
