@@ -10,6 +10,8 @@ fdatasync latency of this disk, recovery time, compaction time.
 * recovery: `--jobs` 100-byte jobs put by the engine and written by the real `LogWriter`
   (no network), then `recover()` + `restore()` timed; then one `compact()` timed, and
   recovery from the snapshot timed.
+* `--worst-case JOBS` (alone): the recovery of the slowest directory of JOBS jobs that the
+  compaction trigger lets stand (`write_worst_case`: a snapshot, then one-put records).
 
     .venv/bin/python -m benchmarks.bench_persistence --count 20000 --seconds 15 --jobs 200000
 """
@@ -136,6 +138,51 @@ async def write_jobs(directory: Path, jobs: int) -> float:
     return time.perf_counter() - started
 
 
+async def write_worst_case(directory: Path, batched: int, jobs: int) -> dict[str, Any]:
+    """The slowest directory of `jobs` live jobs the compaction trigger lets stand: `batched`
+    jobs put in `put_batch`es of 1,000 and compacted into a snapshot, then single puts (one
+    record each, the slowest to recover) until the files reach the trigger, 3 x the
+    snapshot's size (`Compactor.threshold`), or `jobs` jobs are live."""
+    config = EngineConfig(server_id="b1")
+    now = time.time()
+    engine = Engine(config, random_bytes=os.urandom, now=now)
+    engine.changelog.enabled = True
+    storage = OsStorage(directory)
+    storage.lock()
+    async with open_log_writer(
+        storage, server_id="b1", version="bench", seqs=engine.sequences, first_seq=1, prev=0,
+        sync="never",
+    ) as writer:  # fmt: skip
+        for start in range(0, batched, 1000):
+            tube = f"t{start // 1000 % 8}"
+            items = [{"tube": tube, "body": BODY} for _ in range(min(1000, batched - start))]
+            engine.handle("put_batch", {"jobs": items}, now)
+            writer.append(engine.take_changes())
+            await trio.lowlevel.checkpoint()
+    result = compact(storage, upto=10**9, config=config, server_id="b1", version="bench")
+    assert result is not None
+    found = recover(storage)  # where the next segment goes, as the server finds it
+    threshold = 3 * result.snapshot_bytes
+    singles = 0
+    async with open_log_writer(
+        storage, server_id="b1", version="bench", seqs=engine.sequences,
+        first_seq=found.next_seq, prev=found.prev, sync="never", base_bytes=found.log_bytes,
+    ) as writer:  # fmt: skip
+        while batched + singles < jobs and writer.statistics().log_bytes < threshold:
+            engine.handle("put", {"tube": f"t{singles % 8}", "body": BODY}, now)
+            writer.append(engine.take_changes())
+            singles += 1
+            if singles % 1000 == 0:
+                await trio.lowlevel.checkpoint()
+    storage.unlock()
+    return {
+        "batched_jobs": batched,
+        "single_put_records": singles,
+        "snapshot_bytes": result.snapshot_bytes,
+        "files_bytes": dir_bytes(directory),
+    }
+
+
 def timed_recovery(directory: Path) -> dict[str, Any]:
     """Recovery of `directory` into an engine as the server does it (`recover()` streaming
     each record into a `Replayer`, then `finish()`): wall seconds, and CPU seconds of this
@@ -164,6 +211,15 @@ async def main_async(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="allq-bench-persist-", dir=args.dir))
     out: dict[str, Any] = {"argv": sys.argv[1:]}
     try:
+        if args.worst_case:
+            data = base / "worst"
+            jobs = args.worst_case
+            # about half the jobs in the snapshot leaves room for the other half as single
+            # puts under the trigger (3 x the snapshot: ~171 bytes per job in the snapshot,
+            # ~356 per one-put record)
+            shape = await write_worst_case(data, batched=jobs * 515 // 1000, jobs=jobs)
+            print(json.dumps({"worst_case": {**shape, **timed_recovery(data)}}), flush=True)
+            return
         keygen(base / "keys", clients=1, force=False)
         out["fdatasync_4k"] = fdatasync_latency(base, args.syncs)
         print(json.dumps({"fdatasync_4k": out["fdatasync_4k"]}), flush=True)
@@ -218,6 +274,14 @@ def main() -> None:
     parser.add_argument("--syncs", type=int, default=200, help="fdatasync samples")
     parser.add_argument("--dir", default=None, help="where the data directories go")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--worst-case",
+        type=int,
+        default=0,
+        metavar="JOBS",
+        help="only time the recovery of the slowest directory of JOBS live jobs the "
+        "compaction trigger allows (see write_worst_case)",
+    )
     trio.run(main_async, parser.parse_args())
 
 

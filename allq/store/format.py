@@ -410,6 +410,11 @@ _OPTIONAL_MATCH: Final = (
     ("shard_key", TUBE_NAME_RE.fullmatch),
     ("idempotency_key", IDEMPOTENCY_KEY_RE.fullmatch),
 )
+#: The value type of each field of a plain ready put (the numbers may be int or float).
+_ROW_KINDS: Final = tuple(
+    (name, str if name in ("id", "tube") else bytes if name == "body" else int)
+    for name in PLAIN_READY_FIELDS
+)
 #: Records of at least this many bytes are decoded with this much read-ahead.
 LARGE_READ: Final = 65536
 #: Records of at least this many changes try `_Reader.plain_ready_puts` first.
@@ -425,6 +430,15 @@ _ROW_INTS: Final = tuple(
     for index, name in enumerate(PLAIN_READY_FIELDS)
     if name in ("priority", "expired_limit", "max_releases", "seq", *COUNTERS)
 )
+_ROW_SIGNATURES: Final = frozenset(
+    tuple(numbers.get(name, kind) for name, kind in _ROW_KINDS)
+    for numbers in [
+        dict(zip(("ttr", "created_at", "ready_since"), combo, strict=True))
+        for combo in _signatures((), 3, 0)
+    ]
+)
+_row_numbers: Final = itemgetter(*_ROW_NUMBERS)
+_row_ints: Final = itemgetter(*_ROW_INTS)
 _DICT: Final = {dict}
 _LIST: Final = {list}
 _STR: Final = {str}
@@ -493,6 +507,11 @@ class _Reader:
         if len(value) >= COLUMN_CHECK_MIN:
             self.rows = self.plain_ready_puts(value)
             if self.rows is not None:
+                return value
+        elif len(value) == 1:
+            row = self.plain_ready_row(value[0])
+            if row is not None:
+                self.rows = [row]
                 return value
         for index, change in enumerate(value):
             if type(change) is not dict:
@@ -573,6 +592,35 @@ class _Reader:
         except (KeyError, TypeError):  # a missing field; an unhashable kind or state
             return None
         return rows if self._columns_valid(list(zip(*rows, strict=True))) else None
+
+    def plain_ready_row(self, change: Any) -> PlainReadyRow | None:
+        """The `plain_ready_row` of `change` if it is a certainly valid plain ready `put`
+        (a record of one `put`, the common record of a log fed single puts), else None:
+        the checks of `_columns_valid` on one row, which the replay then applies as it is."""
+        if (
+            type(change) is not dict
+            or len(change) != PLAIN_READY_SIZE
+            or change.get("t") != "put"
+            or change.get("state") != "ready"
+        ):
+            return None
+        try:
+            row: PlainReadyRow = plain_ready_row(change)
+        except KeyError:
+            return None
+        if tuple(map(type, row)) not in _ROW_SIGNATURES:
+            return None
+        ints = _row_ints(row)
+        valid = (
+            _id_match(row[0]) is not None
+            and self._tube_ok(row[1])
+            and row[_ROW_TTR] > 0
+            and _isfinite(sum(_row_numbers(row)))
+            and row[_ROW_PRIORITY] <= U32_MAX
+            and min(ints) >= 0
+            and max(ints) <= U64_MAX
+        )
+        return row if valid else None
 
     def _puts_valid(self, change: dict[str, Any]) -> bool:
         """Whether a `puts` change is certainly valid (`_columns_valid` over its columns)."""

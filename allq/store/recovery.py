@@ -23,7 +23,6 @@ paused meanwhile (`allq.gcpause`): every change map recovery builds stays alive.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -478,13 +477,13 @@ class _Recovery:
             RecoveryError: the sink cannot apply a change (even `--repair` cannot drop it,
                 since part of the record may be applied already).
         """
-        current = Corruption(name, record.offset, "", size - record.offset)
         try:
             self.sink.feed(changes, record.rows if changes is record.changes else None)
         except DuplicatePut as exc:
-            self.corrupt(dataclasses.replace(current, reason=str(exc)))
+            self.corrupt(Corruption(name, record.offset, str(exc), size - record.offset))
             return False
         except ValueError as exc:
+            current = Corruption(name, record.offset, "", size - record.offset)
             raise unapplicable(self.storage, current, exc) from None
         return True
 

@@ -318,6 +318,7 @@ class Replayer:
         self.pending: dict[str, dict[str, Job]] = {}  # tube -> job id -> job
         self.orphans = 0
         self._names: dict[str, str] = {}  # a tube's name as read -> its Tube's name
+        self._terms: tuple[tuple[Any, ...], tuple[float, int, int]] = ((), (0.0, 0, 0))
 
     def duplicate_put(self, changes: Iterable[Change]) -> str | None:
         """The id of a `put` in `changes` for a job that exists or is put twice by them."""
@@ -421,8 +422,7 @@ class Replayer:
         put_seq, ready_seq = before = engine._put_seq, engine._ready_seq
         name = ""  # the tube of the job before (no tube has an empty name) ...
         group: dict[str, Job] = {}  # ... and its pending jobs
-        terms = (0.0, 0, 0)  # the `_terms` of the job before ...
-        last_terms: tuple[Any, ...] = ()  # ... and the values that made them
+        last_terms, terms = self._terms  # the values of the job before and their `_terms`
         try:
             for index, row in enumerate(rows):
                 (job_id, tube, body, priority, ttr, expired, releases, created, seq, since,
@@ -466,6 +466,7 @@ class Replayer:
                 group[job_id] = new
         finally:
             engine._put_seq, engine._ready_seq = put_seq, ready_seq
+            self._terms = last_terms, terms
 
     def _undo_plain(self, rows: Sequence[PlainReadyRow]) -> None:
         """Take out the jobs `add_plain_ready` put from `rows`."""

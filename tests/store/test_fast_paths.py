@@ -233,3 +233,53 @@ def test_a_flipped_body_bit_mid_log_is_refused_and_never_decoded() -> None:
         recover(storage_with(files))
     recovered = recover(storage_with(files), repair=True)
     assert [c["body"] for c in recovered.changes if c["t"] == "put"] == [b"body-1"]
+
+
+def test_a_record_of_one_plain_ready_put_carries_its_row() -> None:
+    data = log_bytes(1, 0, [[put(1)], [put(2, tube="other", priority=0)], [bury(1)], [parent(3)]])
+    records = scan(log_name(1), data).records
+    assert records[1].rows == [plain_ready_row(put(1))]
+    assert records[2].rows == [plain_ready_row(put(2, tube="other", priority=0))]
+    assert records[3].rows is None  # not a put
+    assert records[4].rows is None  # a parent: checked by the per-change path
+
+
+def test_the_one_row_check_never_accepts_what_validation_refuses() -> None:
+    reader = _Reader(b"")
+    template = put(7)
+    assert reader.plain_ready_row(template) == plain_ready_row(template)
+    for key in template:
+        for bad in BAD_VALUES:
+            mutated = {**template, key: bad}
+            if _refused(mutated):
+                assert reader.plain_ready_row(mutated) is None, (key, bad)
+        assert reader.plain_ready_row({k: v for k, v in template.items() if k != key}) is None
+        # the same number of fields, one of them unknown
+        swapped = {**{k: v for k, v in template.items() if k != key}, "extra": 1}
+        assert reader.plain_ready_row(swapped) is None, key
+    for extra in ("extra", "due_at", "parent_id", "shard_key", "timeout"):
+        assert reader.plain_ready_row({**template, extra: "s"}) is None, extra
+    for other in (bury(3), delete(3), parent(3), [1], "put"):
+        assert reader.plain_ready_row(other) is None
+    # a number that is finite alone but whose sum with the others is not: still valid,
+    # so the one-row check may send it on, never wrongly refuse it
+    big = {**template, "created_at": 1.5e308, "ready_since": 1.5e308}
+    validate_change(big)
+    assert reader.plain_ready_row(big) is None
+
+
+@given(
+    st.text(max_size=3) | st.sampled_from(sorted(put(1))),
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.binary()),
+)
+def test_the_one_row_check_is_never_laxer(key: str, value: object) -> None:
+    mutated = {**put(1), key: value}
+    if _Reader(b"").plain_ready_row(mutated) is not None:
+        validate_change(mutated)
+
+
+def test_a_bad_single_put_record_is_still_named() -> None:
+    bad = {**put(1), "priority": 2**32}
+    payload = cbor2.dumps([bad])
+    with pytest.raises(FormatError, match="change 0: put: invalid priority"):
+        _Reader(payload).decode(0, len(payload))
