@@ -116,14 +116,20 @@ def fdatasync_latency(directory: Path, count: int) -> dict[str, float]:
     }
 
 
-async def write_jobs(directory: Path, jobs: int) -> float:
-    """`jobs` puts of 100-byte bodies through the engine and the real LogWriter."""
-    config = EngineConfig(server_id="b1")
+def _logging_engine(directory: Path) -> tuple[Engine, OsStorage, float]:
+    """An engine of server "b1" collecting its changes, the locked storage of `directory`,
+    and the time of both."""
     now = time.time()
-    engine = Engine(config, random_bytes=os.urandom, now=now)
+    engine = Engine(EngineConfig(server_id="b1"), random_bytes=os.urandom, now=now)
     engine.changelog.enabled = True
     storage = OsStorage(directory)
     storage.lock()
+    return engine, storage, now
+
+
+async def write_jobs(directory: Path, jobs: int) -> float:
+    """`jobs` puts of 100-byte bodies through the engine and the real LogWriter."""
+    engine, storage, now = _logging_engine(directory)
     started = time.perf_counter()
     async with open_log_writer(
         storage, server_id="b1", version="bench", seqs=engine.sequences, first_seq=1, prev=0,
@@ -143,12 +149,7 @@ async def write_worst_case(directory: Path, batched: int, jobs: int) -> dict[str
     jobs put in `put_batch`es of 1,000 and compacted into a snapshot, then single puts (one
     record each, the slowest to recover) until the files reach the trigger, 3 x the
     snapshot's size (`Compactor.threshold`), or `jobs` jobs are live."""
-    config = EngineConfig(server_id="b1")
-    now = time.time()
-    engine = Engine(config, random_bytes=os.urandom, now=now)
-    engine.changelog.enabled = True
-    storage = OsStorage(directory)
-    storage.lock()
+    engine, storage, now = _logging_engine(directory)
     async with open_log_writer(
         storage, server_id="b1", version="bench", seqs=engine.sequences, first_seq=1, prev=0,
         sync="never",
@@ -159,7 +160,7 @@ async def write_worst_case(directory: Path, batched: int, jobs: int) -> dict[str
             engine.handle("put_batch", {"jobs": items}, now)
             writer.append(engine.take_changes())
             await trio.lowlevel.checkpoint()
-    result = compact(storage, upto=10**9, config=config, server_id="b1", version="bench")
+    result = compact(storage, upto=10**9, config=engine.config, server_id="b1", version="bench")
     assert result is not None
     found = recover(storage)  # where the next segment goes, as the server finds it
     threshold = 3 * result.snapshot_bytes
