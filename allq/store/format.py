@@ -171,6 +171,8 @@ def encode_record(changes: Sequence[Mapping[str, object]]) -> bytes:
         raise FormatError("a record holds at least one change")
     items = [dict(change) for change in changes]
     for change in items:
+        if change.get("t") == "puts" and _puts_valid(change, _tube_name_ok):
+            continue  # the column checks; `validate_change` would name a problem
         validate_change(change)
     _check_value(items, 1, FormatError)
     payload = cbor2.dumps(items)
@@ -623,40 +625,10 @@ class _Reader:
         return row if valid else None
 
     def _puts_valid(self, change: dict[str, Any]) -> bool:
-        """Whether a `puts` change is certainly valid (`_columns_valid` over its columns)."""
-        if len(change) != PLAIN_READY_SIZE - 1:  # the fields and `t`
-            return False
-        try:
-            columns = [change[name] for name in PLAIN_READY_FIELDS]
-        except KeyError:
-            return False
-        return (
-            set(map(type, columns)) == _LIST
-            and len(set(map(len, columns))) == 1
-            and len(columns[0]) > 0
-            and self._columns_valid(columns)
-        )
+        return _puts_valid(change, self._tube_ok)
 
     def _columns_valid(self, columns: Sequence[Sequence[Any]]) -> bool:
-        """Whether the values of plain ready puts, one column per field of
-        `PLAIN_READY_FIELDS` (of equal lengths), are certainly valid."""
-        ids, tubes, bodies = columns[:3]
-        numbers = [columns[index] for index in _ROW_NUMBERS]
-        ints = [columns[index] for index in _ROW_INTS]
-        return (
-            set(map(type, ids)) == _STR
-            and all(map(_id_match, ids))
-            and set(map(type, tubes)) == _STR
-            and all(map(self._tube_ok, set(tubes)))
-            and set(map(type, bodies)) == _BYTES
-            and set(map(type, chain.from_iterable(numbers))) <= _NUMBER_SET
-            and all(map(_isfinite, chain.from_iterable(numbers)))
-            and min(columns[_ROW_TTR]) > 0
-            and set(map(type, chain.from_iterable(ints))) == _INT
-            and max(columns[_ROW_PRIORITY]) <= U32_MAX
-            and min(map(min, ints)) >= 0
-            and max(map(max, ints)) <= U64_MAX
-        )
+        return _columns_valid(columns, self._tube_ok)
 
     @staticmethod
     def _optional_ok(change: dict[str, Any], extra: int) -> bool:
@@ -681,6 +653,48 @@ class _Reader:
             return False
         self._tubes.add(value)
         return True
+
+
+def _puts_valid(change: Mapping[str, Any], tube_ok: Callable[[str], bool]) -> bool:
+    """Whether a `puts` change is certainly valid (`_columns_valid` over its columns)."""
+    if len(change) != PLAIN_READY_SIZE - 1:  # the fields and `t`
+        return False
+    try:
+        columns = [change[name] for name in PLAIN_READY_FIELDS]
+    except KeyError:
+        return False
+    return (
+        set(map(type, columns)) == _LIST
+        and len(set(map(len, columns))) == 1
+        and len(columns[0]) > 0
+        and _columns_valid(columns, tube_ok)
+    )
+
+
+def _columns_valid(columns: Sequence[Sequence[Any]], tube_ok: Callable[[str], bool]) -> bool:
+    """Whether the values of plain ready puts, one column per field of `PLAIN_READY_FIELDS`
+    (of equal lengths), are certainly valid; `tube_ok` checks each distinct tube name."""
+    ids, tubes, bodies = columns[:3]
+    numbers = [columns[index] for index in _ROW_NUMBERS]
+    ints = [columns[index] for index in _ROW_INTS]
+    return (
+        set(map(type, ids)) == _STR
+        and all(map(_id_match, ids))
+        and set(map(type, tubes)) == _STR
+        and all(map(tube_ok, set(tubes)))
+        and set(map(type, bodies)) == _BYTES
+        and set(map(type, chain.from_iterable(numbers))) <= _NUMBER_SET
+        and all(map(_isfinite, chain.from_iterable(numbers)))
+        and min(columns[_ROW_TTR]) > 0
+        and set(map(type, chain.from_iterable(ints))) == _INT
+        and max(columns[_ROW_PRIORITY]) <= U32_MAX
+        and min(map(min, ints)) >= 0
+        and max(map(max, ints)) <= U64_MAX
+    )
+
+
+def _tube_name_ok(value: str) -> bool:
+    return _tube_match(value) is not None
 
 
 # --- scanning a file (§6.4) -------------------------------------------------------------
