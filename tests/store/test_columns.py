@@ -841,3 +841,22 @@ def test_compaction_writes_puts_changes_that_recover_to_the_same_state() -> None
     assert unfold_puts(changes[1:-1]) == dump(engine)
     assert live_state(storage) == before
     assert len(data) < sum(map(len, files.values())) / 1.5
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("priority", 2**32, r"puts: invalid priority\[2\]"),
+        ("ttr", 0, r"puts: invalid ttr\[2\]"),
+        ("tube", "-bad", r"puts: invalid tube\[2\]"),
+        ("created_at", 2**70, "integer out of the CBOR range"),  # a number, but no CBOR int
+    ],
+)
+def test_the_writer_refuses_a_bad_puts_change(field: str, value: object, reason: str) -> None:
+    """`encode_record` skips the per-value checks only for a `puts` change the column checks
+    prove valid; anything else is refused, naming it, and nothing is encoded."""
+    change = puts_of(1, 2, 3, 4)
+    encode_record([change])
+    bad = {**change, field: [*change[field][:2], value, change[field][3]]}
+    with pytest.raises(FormatError, match=reason):
+        encode_record([bad])
