@@ -15,7 +15,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CORE_MODULES = sorted(
     str(path.relative_to(ROOT))
-    for pattern in ("allq/tubes/*.py", "allq/wire/*.py", "allq/gateway/health.py")
+    for pattern in (
+        "allq/tubes/*.py",
+        "allq/wire/*.py",
+        "allq/gateway/health.py",
+        # the pure parts of persistence: the file format, change checks, scanning
+        "allq/store/format.py",
+        "allq/store/validation.py",
+        "allq/store/fastcheck.py",
+        "allq/store/scanning.py",
+    )
     for path in ROOT.glob(pattern)
     if path.name not in {"runner.py", "stream.py", "client.py", "plain.py", "serve.py", "writer.py"}
 )

@@ -36,7 +36,6 @@ from typing import Any, Final
 import trio
 
 from allq.store.format import (
-    FORMAT_VERSION,
     KIND_LOG,
     KIND_SNAPSHOT,
     TMP_SUFFIX,
@@ -44,11 +43,16 @@ from allq.store.format import (
     encode_header,
     encode_record,
     parse_name,
-    scan,
     snap_name,
 )
 from allq.store.log import LogWriter, WriteFailed
+from allq.store.scanning import (
+    scan,
+)
 from allq.store.storage import OsStorage, Storage, write_all
+from allq.store.validation import (
+    FORMAT_VERSION,
+)
 from allq.tubes.changes import dump, fold_puts, restore
 from allq.tubes.config import EngineConfig
 from allq.tubes.engine import Engine

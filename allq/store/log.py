@@ -38,8 +38,16 @@ from typing import Any, Final, Literal
 
 import trio
 
-from allq.store.format import FORMAT_VERSION, KIND_LOG, encode_header, encode_record, log_name
+from allq.store.format import (
+    KIND_LOG,
+    encode_header,
+    encode_record,
+    log_name,
+)
 from allq.store.storage import Storage, write_all
+from allq.store.validation import (
+    FORMAT_VERSION,
+)
 from allq.tubes.changes import fold_puts
 
 log = logging.getLogger("allq.store")

@@ -31,18 +31,22 @@ from typing import Final, Protocol
 
 from allq.gcpause import paused_gc
 from allq.store.format import (
-    CHANGE_TYPES,
     HEADER_SIZE,
     KIND_LOG,
     KIND_SNAPSHOT,
     TMP_SUFFIX,
     Change,
+    parse_name,
+)
+from allq.store.scanning import (
     FileScanner,
     Record,
     Verdict,
-    parse_name,
 )
 from allq.store.storage import LOCK_NAME, Storage, write_all
+from allq.store.validation import (
+    CHANGE_TYPES,
+)
 from allq.tubes.changes import DuplicatePut, PlainReadyRow
 
 log = logging.getLogger("allq.store")

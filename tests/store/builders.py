@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from allq.store.format import (
-    FORMAT_VERSION,
     KIND_LOG,
     KIND_SNAPSHOT,
     Change,
@@ -14,6 +13,9 @@ from allq.store.format import (
     log_name,
 )
 from allq.store.storage import MemoryStorage
+from allq.store.validation import (
+    FORMAT_VERSION,
+)
 
 SERVER = "s1"
 COUNTERS = dict.fromkeys(

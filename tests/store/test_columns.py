@@ -30,19 +30,23 @@ from allq.store.format import (
     HEADER_SIZE,
     KIND_LOG,
     KIND_SNAPSHOT,
-    FormatError,
     _Reader,
     decode_header,
     decode_payload,
     encode_header,
     encode_record,
     log_name,
-    scan,
     snap_name,
-    validate_change,
 )
 from allq.store.recovery import QUARANTINE, Recovered, RecoveryError, recover
+from allq.store.scanning import (
+    scan,
+)
 from allq.store.storage import MemoryStorage
+from allq.store.validation import (
+    FormatError,
+    validate_change,
+)
 from allq.tubes.changes import (
     PLAIN_READY_FIELDS,
     PUTS_MIN,

@@ -29,7 +29,12 @@ from allq.store.compaction import (
     compact,
     lower_priority,
 )
-from allq.store.format import TMP_SUFFIX, log_name, parse_name, snap_name
+from allq.store.format import (
+    TMP_SUFFIX,
+    log_name,
+    parse_name,
+    snap_name,
+)
 from allq.store.log import LogWriter, open_log_writer
 from allq.store.recovery import recover
 from allq.store.storage import MemoryStorage, OsStorage, Storage

@@ -19,14 +19,18 @@ from hypothesis import strategies as st
 
 from allq.store.format import (
     HEADER_SIZE,
-    FormatError,
     _Reader,
     encode_record,
     log_name,
-    scan,
-    validate_change,
 )
 from allq.store.recovery import RecoveryError, recover
+from allq.store.scanning import (
+    scan,
+)
+from allq.store.validation import (
+    FormatError,
+    validate_change,
+)
 from allq.tubes.changes import plain_ready_row
 from tests.store.builders import bury, chain, delete, jid, log_bytes, parent, put, storage_with
 

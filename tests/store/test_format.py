@@ -17,17 +17,21 @@ from allq.store.format import (
     HEADER_SIZE,
     KIND_LOG,
     KIND_SNAPSHOT,
-    FormatError,
-    Problem,
-    Verdict,
     decode_header,
     decode_payload,
     encode_header,
     encode_record,
     log_name,
     parse_name,
-    scan,
     snap_name,
+)
+from allq.store.scanning import (
+    Problem,
+    Verdict,
+    scan,
+)
+from allq.store.validation import (
+    FormatError,
     validate_change,
 )
 from tests.store.builders import bury, delete, log_bytes, meta, parent, put

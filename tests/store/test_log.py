@@ -15,9 +15,15 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from allq.store.format import log_name, parse_name, scan
+from allq.store.format import (
+    log_name,
+    parse_name,
+)
 from allq.store.log import LogWriter, SyncMode, WriteFailed, open_log_writer
 from allq.store.recovery import recover
+from allq.store.scanning import (
+    scan,
+)
 from allq.store.storage import MemoryStorage
 from tests.store.builders import jid, put
 

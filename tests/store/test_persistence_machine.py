@@ -45,7 +45,11 @@ from hypothesis.stateful import (
 
 from allq.errors import AllQError
 from allq.store.compaction import compact
-from allq.store.format import encode_record, log_name, parse_name
+from allq.store.format import (
+    encode_record,
+    log_name,
+    parse_name,
+)
 from allq.store.log import LogWriter, SyncMode, open_log_writer
 from allq.store.recovery import Recovered, recover
 from allq.store.storage import MemoryStorage, write_all

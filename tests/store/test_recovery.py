@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from allq.store.format import HEADER_SIZE, Change, encode_header, log_name, scan, snap_name
+from allq.store.format import (
+    HEADER_SIZE,
+    Change,
+    encode_header,
+    log_name,
+    snap_name,
+)
 from allq.store.recovery import Recovered, RecoveryError, recover
+from allq.store.scanning import (
+    scan,
+)
 from allq.store.storage import DirectoryInUse, MemoryStorage, OsStorage
 from allq.tubes.changes import Replayer
 from allq.tubes.engine import Engine
@@ -315,7 +324,9 @@ def test_semantic_corruption(records: list[list[Change]], reason: str) -> None:
 
 def test_snapshot_end_count_mismatch_and_wrong_types() -> None:
     data = snap_bytes(2, [put(1)], end=False)
-    from allq.store.format import encode_record
+    from allq.store.format import (
+        encode_record,
+    )
 
     wrong = data + encode_record([{"t": "end", "changes": 9}])
     assert "end counts 9 changes, the file holds 2" in _refusal(storage_with({snap_name(2): wrong}))
