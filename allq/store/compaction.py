@@ -53,9 +53,15 @@ from allq.store.storage import OsStorage, Storage, write_all
 from allq.store.validation import (
     FORMAT_VERSION,
 )
-from allq.tubes.changes import dump, fold_puts, restore
+from allq.tubes.changes import (
+    dump,
+    fold_puts,
+)
 from allq.tubes.config import EngineConfig
 from allq.tubes.engine import Engine
+from allq.tubes.replay import (
+    restore,
+)
 
 log = logging.getLogger("allq.store")
 

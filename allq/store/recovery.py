@@ -47,7 +47,12 @@ from allq.store.storage import LOCK_NAME, Storage, write_all
 from allq.store.validation import (
     CHANGE_TYPES,
 )
-from allq.tubes.changes import DuplicatePut, PlainReadyRow
+from allq.tubes.changes import (
+    PlainReadyRow,
+)
+from allq.tubes.replay import (
+    DuplicatePut,
+)
 
 log = logging.getLogger("allq.store")
 

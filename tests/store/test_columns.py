@@ -51,16 +51,18 @@ from allq.tubes.changes import (
     PLAIN_READY_FIELDS,
     PUTS_MIN,
     Change,
-    DuplicatePut,
-    Replayer,
     dump,
     fold_puts,
     is_plain_ready,
-    restore,
     unfold_puts,
 )
 from allq.tubes.config import EngineConfig
 from allq.tubes.engine import Engine
+from allq.tubes.replay import (
+    DuplicatePut,
+    Replayer,
+    restore,
+)
 from tests.helpers.engines import diff, make_engine, snapshot
 from tests.store.builders import (
     bury,

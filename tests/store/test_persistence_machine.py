@@ -53,10 +53,16 @@ from allq.store.format import (
 from allq.store.log import LogWriter, SyncMode, open_log_writer
 from allq.store.recovery import Recovered, recover
 from allq.store.storage import MemoryStorage, write_all
-from allq.tubes.changes import Change, dump, restore
+from allq.tubes.changes import (
+    Change,
+    dump,
+)
 from allq.tubes.config import EngineConfig
 from allq.tubes.engine import Engine
 from allq.tubes.job import JobState
+from allq.tubes.replay import (
+    restore,
+)
 from tests.helpers.engines import START, CounterBytes
 from tests.store.builders import put as put_change
 

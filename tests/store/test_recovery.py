@@ -19,8 +19,10 @@ from allq.store.scanning import (
     scan,
 )
 from allq.store.storage import DirectoryInUse, MemoryStorage, OsStorage
-from allq.tubes.changes import Replayer
 from allq.tubes.engine import Engine
+from allq.tubes.replay import (
+    Replayer,
+)
 from tests.helpers.engines import make_engine
 from tests.store.builders import (
     bury,

@@ -16,9 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from allq.errors import AllQError
-from allq.tubes.changes import RestoreError, dump, restore
+from allq.tubes.changes import (
+    dump,
+)
 from allq.tubes.engine import Engine
 from allq.tubes.job import JobState
+from allq.tubes.replay import (
+    RestoreError,
+    restore,
+)
 from allq.tubes.tube import Tube
 from tests.helpers.engines import START, make_engine
 
