@@ -43,7 +43,8 @@ from allq.gateway.front import (
 from allq.gateway.lean import LeanRoutes
 from allq.gateway.metrics import CountingLimiter, GatewayMetrics
 from allq.gateway.openapi import build_document
-from allq.gateway.routes import ROUTES, Route
+from allq.gateway.route import Route
+from allq.gateway.routes import ROUTES
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from allq.errors import NotFound as NotFoundError
 from allq.gateway.bodies import Reply, error_reply, parse_json, parse_query
 from allq.gateway.core import GatewayCore
 from allq.gateway.metrics import CountingLimiter, GatewayMetrics
-from allq.gateway.routes import Call, Route, check_path
+from allq.gateway.request_schemas import check_path
+from allq.gateway.route import Call, Route
 
 #: Seconds a client has to send a whole request body.
 BODY_TIMEOUT_S = 30.0

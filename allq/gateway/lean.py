@@ -37,7 +37,7 @@ from allq.gateway.front import (
     token_ok,
     unauthorized_reply,
 )
-from allq.gateway.routes import Route
+from allq.gateway.route import Route
 
 logger = logging.getLogger(__name__)
 

@@ -44,7 +44,9 @@ from allq.gateway import bodies as b
 from allq.gateway.core import GatewayCore
 from allq.gateway.errors import Overloaded
 from allq.gateway.legacy import ACTIONS, Job, Node, run_action
-from allq.gateway.routes import ROUTES, Call, Limiter, Route, check_path
+from allq.gateway.request_schemas import check_path
+from allq.gateway.route import Call, Limiter, Route
+from allq.gateway.routes import ROUTES
 from allq.tubes.validate import is_number
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from allq import __version__
 from allq.errors import AllQError, NotFound
 from allq.gateway.errors import Overloaded
-from allq.gateway.routes import Limiter
+from allq.gateway.route import Limiter
 
 if TYPE_CHECKING:
     from allq.gateway.core import GatewayCore

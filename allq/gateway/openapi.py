@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from allq.gateway.routes import Route
+from allq.gateway.route import Route
 
 _STATUS_TEXT = {
     400: "BAD_FORMAT or BAD_TUBE",
