@@ -40,19 +40,15 @@ async def put_jobs(call: Call) -> Reply:
         for position, ((index, _), result) in enumerate(zip(valid, results, strict=True)):
             out[index] = _remap_item_error(result, position, index)
         return Reply({"jobs": out}, 201)
-    result = await call.core.put(call.tube, parsed)
-    duplicate = bool(result.get("duplicate", False))
-    payload = {
-        "id": result["id"],
-        "tube": call.tube,
-        "state": result["state"],
-        "duplicate": duplicate,
-    }
-    return Reply(payload, 200 if duplicate else 201)
+    return _put_reply(call, await call.core.put(call.tube, parsed))
 
 
 async def put_parent(call: Call) -> Reply:
-    result = await call.core.put_parent(call.tube, call.body)
+    return _put_reply(call, await call.core.put_parent(call.tube, call.body))
+
+
+def _put_reply(call: Call, result: dict[str, Any]) -> Reply:
+    """201 with the new job, or 200 for an idempotent repeat (`duplicate`)."""
     duplicate = bool(result.get("duplicate", False))
     payload = {
         "id": result["id"],

@@ -418,8 +418,8 @@ class Engine:
         job.owner = None
         job.ttr_deadline = None
 
-    def _detach(self, job: Job) -> None:
-        """Remove a live job from its structure and the id map (it becomes gone)."""
+    def _unplace(self, job: Job) -> Tube:
+        """Take a job out of the structure of its state; returns its tube."""
         tube = self._tube_of(job)
         state = job.state
         if state is JobState.READY:
@@ -432,6 +432,11 @@ class Engine:
             del tube.buried[job]
         else:
             tube.waiting.remove(job)
+        return tube
+
+    def _detach(self, job: Job) -> None:
+        """Remove a live job from its structure and the id map (it becomes gone)."""
+        tube = self._unplace(job)
         tube.shard_leave(job)
         del self.jobs[job.id]
         self._touched.add(tube.name)

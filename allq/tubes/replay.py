@@ -310,16 +310,7 @@ def _tube(engine: Engine, name: str) -> Tube:
 
 def _restore_state(engine: Engine, job: Job, change: dict[str, Any]) -> None:
     """Move a placed job to the state of a `state` change (and its counters, priority)."""
-    tube = engine._tube_of(job)
-    state = job.state
-    if state is JobState.READY:
-        tube.remove_ready(job)
-    elif state is JobState.DELAYED:
-        tube.delayed.remove(job)
-    elif state is JobState.BURIED:
-        del tube.buried[job]
-    elif state is JobState.WAITING:
-        tube.waiting.remove(job)
+    engine._unplace(job)
     _set_state(engine, job, change)
     _place(engine, job)
 
