@@ -27,6 +27,7 @@ from allq.tubes.changes import (
     PLAIN_READY_FIELDS,
     PLAIN_READY_SIZE,
     PlainReadyRow,
+    is_plain_ready,
     plain_ready_row,
 )
 from allq.tubes.job import COUNTERS
@@ -181,17 +182,9 @@ class FastChecks:
         """The `plain_ready_row` of `change` if it is a certainly valid plain ready `put`
         (a record of one `put`, the common record of a log fed single puts), else None:
         the checks of `columns_valid` on one row, which the replay then applies as it is."""
-        if (
-            type(change) is not dict
-            or len(change) != PLAIN_READY_SIZE
-            or change.get("t") != "put"
-            or change.get("state") != "ready"
-        ):
+        if type(change) is not dict or not is_plain_ready(change):
             return None
-        try:
-            row: PlainReadyRow = plain_ready_row(change)
-        except KeyError:
-            return None
+        row: PlainReadyRow = plain_ready_row(change)
         if tuple(map(type, row)) not in _ROW_SIGNATURES:
             return None
         ints = _row_ints(row)

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 from allq.tubes.changes import (
     CHILD_COUNTS,
-    PLAIN_READY_SIZE,
     Change,
     PlainReadyRow,
+    is_plain_ready,
     plain_ready_row,
     puts_rows,
 )
@@ -120,7 +120,7 @@ class Replayer:
         run: list[PlainReadyRow] = []  # consecutive plain ready puts
         for change in changes:
             kind = change["t"]
-            if kind == "put" and len(change) == PLAIN_READY_SIZE and change["state"] == "ready":
+            if kind == "put" and is_plain_ready(change):
                 run.append(plain_ready_row(change))
                 continue
             if run:
