@@ -35,9 +35,7 @@ from allq.store.log import LogWriter, SyncMode, open_log_writer
 from allq.store.recovery import Recovered, RecoveryError, recover
 from allq.store.storage import DirectoryInUse, OsStorage
 from allq.tubes.engine import Engine
-from allq.tubes.replay import (
-    Replayer,
-)
+from allq.tubes.replay import Replayer
 from allq.tubes.runner import EngineShell, UnixClock
 from allq.wire.keyfiles import AllowList, KeyFileError, KeyPair, load_allowlist, load_secret_key
 

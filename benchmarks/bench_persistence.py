@@ -38,9 +38,7 @@ from allq.store.recovery import recover
 from allq.store.storage import OsStorage
 from allq.tubes.config import EngineConfig
 from allq.tubes.engine import Engine
-from allq.tubes.replay import (
-    Replayer,
-)
+from allq.tubes.replay import Replayer
 from allq.wire.client import open_client
 from allq.wire.keyfiles import keygen, load_public_key, load_secret_key
 from benchmarks.procs import start

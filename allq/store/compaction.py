@@ -46,22 +46,16 @@ from allq.store.format import (
     snap_name,
 )
 from allq.store.log import LogWriter, WriteFailed
-from allq.store.scanning import (
-    scan,
-)
+from allq.store.scanning import scan
 from allq.store.storage import OsStorage, Storage, write_all
-from allq.store.validation import (
-    FORMAT_VERSION,
-)
+from allq.store.validation import FORMAT_VERSION
 from allq.tubes.changes import (
     dump,
     fold_puts,
 )
 from allq.tubes.config import EngineConfig
 from allq.tubes.engine import Engine
-from allq.tubes.replay import (
-    restore,
-)
+from allq.tubes.replay import restore
 
 log = logging.getLogger("allq.store")
 

@@ -124,7 +124,7 @@ class FastChecks:
         if kind == "delete":
             return len(change) == 2 and self._id_ok(change.get("id"))
         if kind == "puts":
-            return self.columns and self._puts_valid(change)
+            return self.columns and puts_valid(change, self._tube_ok)
         state = change.get("state")
         if type(state) is not str or state not in STATE_TIMES:
             return False
@@ -176,7 +176,8 @@ class FastChecks:
             rows = list(map(plain_ready_row, changes))
         except (KeyError, TypeError):  # a missing field; an unhashable kind or state
             return None
-        return rows if self._columns_valid(list(zip(*rows, strict=True))) else None
+        columns = list(zip(*rows, strict=True))
+        return rows if columns_valid(columns, self._tube_ok) else None
 
     def plain_ready_row(self, change: Any) -> PlainReadyRow | None:
         """The `plain_ready_row` of `change` if it is a certainly valid plain ready `put`
@@ -198,12 +199,6 @@ class FastChecks:
             and max(ints) <= U64_MAX
         )
         return row if valid else None
-
-    def _puts_valid(self, change: dict[str, Any]) -> bool:
-        return puts_valid(change, self._tube_ok)
-
-    def _columns_valid(self, columns: Sequence[Sequence[Any]]) -> bool:
-        return columns_valid(columns, self._tube_ok)
 
     @staticmethod
     def _optional_ok(change: dict[str, Any], extra: int) -> bool:

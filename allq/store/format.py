@@ -31,9 +31,7 @@ import cbor2
 
 from allq.store.fastcheck import FastChecks, puts_valid, tube_name_ok
 from allq.store.validation import FORMAT_VERSION, READABLE_VERSIONS, FormatError, validate_change
-from allq.tubes.changes import (
-    PlainReadyRow,
-)
+from allq.tubes.changes import PlainReadyRow
 from allq.wire.codec import _NO_TAGS, MAX_DEPTH, _check_value, _tag_hook
 
 MAGIC: Final = b"ALQLOG\r\n"

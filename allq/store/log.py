@@ -45,9 +45,7 @@ from allq.store.format import (
     log_name,
 )
 from allq.store.storage import Storage, write_all
-from allq.store.validation import (
-    FORMAT_VERSION,
-)
+from allq.store.validation import FORMAT_VERSION
 from allq.tubes.changes import fold_puts
 
 log = logging.getLogger("allq.store")

@@ -44,15 +44,9 @@ from allq.store.scanning import (
     Verdict,
 )
 from allq.store.storage import LOCK_NAME, Storage, write_all
-from allq.store.validation import (
-    CHANGE_TYPES,
-)
-from allq.tubes.changes import (
-    PlainReadyRow,
-)
-from allq.tubes.replay import (
-    DuplicatePut,
-)
+from allq.store.validation import CHANGE_TYPES
+from allq.tubes.changes import PlainReadyRow, jobs_put
+from allq.tubes.replay import DuplicatePut
 
 log = logging.getLogger("allq.store")
 
@@ -100,20 +94,14 @@ class CollectingSink:
     def feed(self, changes: Sequence[Change], rows: list[PlainReadyRow] | None = None) -> None:
         seen: set[str] = set()
         for change in changes:
-            t = change["t"]
-            if t == "put" or t == "puts":
-                ids = [change["id"]] if t == "put" else change["id"]
-                assert isinstance(ids, list)
-                for job_id in map(str, ids):
-                    if job_id in self.live or job_id in seen:
-                        raise DuplicatePut(f"duplicate put of job {job_id}")
-                    seen.add(job_id)
+            for job_id, _ in jobs_put(change):
+                if job_id in self.live or job_id in seen:
+                    raise DuplicatePut(f"duplicate put of job {job_id}")
+                seen.add(job_id)
         for change in changes:
             t = change["t"]
-            if t == "puts":
-                ids, tubes = change["id"], change["tube"]
-                assert isinstance(ids, list) and isinstance(tubes, list)
-                for job_id, tube in zip(map(str, ids), map(str, tubes), strict=True):
+            if t == "put" or t == "puts":
+                for job_id, tube in jobs_put(change):
                     self.live[job_id] = tube
                     self.tubes.setdefault(tube, set()).add(job_id)
             elif t in JOB_CHANGES:
@@ -125,10 +113,6 @@ class CollectingSink:
                 if t == "delete":
                     del self.live[job_id]
                     self.tubes[owner].discard(job_id)
-            elif t == "put":
-                job_id, tube = str(change["id"]), str(change["tube"])
-                self.live[job_id] = tube
-                self.tubes.setdefault(tube, set()).add(job_id)
             elif t == "clear":
                 for job_id in self.tubes.pop(str(change["tube"]), set()):
                     del self.live[job_id]
@@ -492,8 +476,7 @@ class _Recovery:
             self.corrupt(Corruption(name, record.offset, str(exc), size - record.offset))
             return False
         except ValueError as exc:
-            current = Corruption(name, record.offset, "", size - record.offset)
-            raise unapplicable(self.storage, current, exc) from None
+            raise unapplicable(self.storage, name, record.offset, exc) from None
         return True
 
 
@@ -513,10 +496,10 @@ def refusal(storage: Storage, problem: Corruption) -> RecoveryError:
     )
 
 
-def unapplicable(storage: Storage, record: Corruption, exc: ValueError) -> RecoveryError:
+def unapplicable(storage: Storage, name: str, offset: int, exc: ValueError) -> RecoveryError:
     """The refusal for a record whose change the sink cannot apply."""
     return RecoveryError(
-        f"{storage.describe(record.name)} at offset {record.offset}: a change cannot "
+        f"{storage.describe(name)} at offset {offset}: a change cannot "
         f"be applied: {exc}; refusing to start (--repair does not change this)"
     )
 

@@ -29,9 +29,7 @@ from allq.store.format import (
     parse_name,
 )
 from allq.store.validation import FormatError
-from allq.tubes.changes import (
-    PlainReadyRow,
-)
+from allq.tubes.changes import PlainReadyRow
 
 # --- scanning a file (§6.4) -------------------------------------------------------------
 

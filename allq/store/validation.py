@@ -13,9 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Final, cast
 
-from allq.tubes.changes import (
-    PLAIN_READY_FIELDS,
-)
+from allq.tubes.changes import PLAIN_READY_FIELDS
 from allq.tubes.config import SERVER_ID_RE
 from allq.tubes.job import COUNTERS
 from allq.tubes.validate import IDEMPOTENCY_KEY_RE, LOCAL_ID_RE, TUBE_NAME_RE

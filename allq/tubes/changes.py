@@ -254,6 +254,16 @@ def _flush_run(run: list[Mapping[str, Any]], out: list[Mapping[str, Any]]) -> No
     run.clear()
 
 
+def jobs_put(change: Mapping[str, Any]) -> list[tuple[Any, Any]]:
+    """The (id, tube) of each job a `put` or `puts` change puts, in order; [] for others."""
+    kind = change["t"]
+    if kind == "put":
+        return [(change["id"], change["tube"])]
+    if kind == "puts":
+        return list(zip(change["id"], change["tube"], strict=True))
+    return []
+
+
 def puts_rows(change: Change) -> list[PlainReadyRow]:
     """The `plain_ready_row`s of a `puts` change (its columns must be of equal length)."""
     return list(zip(*(change[name] for name in PLAIN_READY_FIELDS), strict=True))

@@ -25,6 +25,7 @@ from allq.tubes.changes import (
     Change,
     PlainReadyRow,
     is_plain_ready,
+    jobs_put,
     plain_ready_row,
     puts_rows,
 )
@@ -80,13 +81,7 @@ class Replayer:
     def duplicate_put(self, changes: Iterable[Change]) -> str | None:
         """The id of a `put` in `changes` for a job that exists or is put twice by them."""
         jobs = self.engine.jobs
-        ids: list[str] = []
-        for change in changes:
-            kind = change["t"]
-            if kind == "put":
-                ids.append(change["id"])
-            elif kind == "puts":
-                ids.extend(change["id"])
+        ids = [job_id for change in changes for job_id, _ in jobs_put(change)]
         if jobs.keys().isdisjoint(ids) and len(set(ids)) == len(ids):
             return None
         seen: set[str] = set()

@@ -13,9 +13,7 @@ from allq.store.format import (
     log_name,
 )
 from allq.store.storage import MemoryStorage
-from allq.store.validation import (
-    FORMAT_VERSION,
-)
+from allq.store.validation import FORMAT_VERSION
 
 SERVER = "s1"
 COUNTERS = dict.fromkeys(

@@ -4,7 +4,7 @@
   puts are folded, every other change keeps its place, a folded list validates and replays
   to the same engine as the maps it came from;
 * a `puts` change is validated as strictly as the maps: the fast column checks
-  (`_Reader._puts_valid`, `fast_valid`) never accept what `validate_change` refuses, and
+  (`puts_valid`, `fast_valid`) never accept what `validate_change` refuses, and
   `validate_change` names the field and the index (or the structural fault);
 * format 1 files still recover (alone, or followed by format 2 files after an upgrade) to
   the same state; a `puts` change in a format 1 file and an unknown version are refused;
@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from allq.store.compaction import compact
+from allq.store.fastcheck import puts_valid, tube_name_ok
 from allq.store.format import (
     HEADER_SIZE,
     KIND_LOG,
@@ -39,9 +40,7 @@ from allq.store.format import (
     snap_name,
 )
 from allq.store.recovery import QUARANTINE, Recovered, RecoveryError, recover
-from allq.store.scanning import (
-    scan,
-)
+from allq.store.scanning import scan
 from allq.store.storage import MemoryStorage
 from allq.store.validation import (
     FormatError,
@@ -305,10 +304,10 @@ def refusal(change: dict[str, Any]) -> str | None:
 
 def fast(change: dict[str, Any]) -> bool:
     """Whether a format 2 reader's fast path takes `change`; for a `puts` change,
-    `fast_valid` and `_puts_valid` must agree."""
+    `fast_valid` and `puts_valid` must agree."""
     accepted = _Reader(b"").fast_valid(change)
     if change.get("t") == "puts":
-        assert _Reader(b"")._puts_valid(change) is accepted
+        assert puts_valid(change, tube_name_ok) is accepted
     return accepted
 
 

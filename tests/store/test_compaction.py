@@ -38,13 +38,9 @@ from allq.store.format import (
 from allq.store.log import LogWriter, open_log_writer
 from allq.store.recovery import recover
 from allq.store.storage import MemoryStorage, OsStorage, Storage
-from allq.tubes.changes import (
-    dump,
-)
+from allq.tubes.changes import dump
 from allq.tubes.config import EngineConfig
-from allq.tubes.replay import (
-    restore,
-)
+from allq.tubes.replay import restore
 from tests.helpers.engines import make_engine
 from tests.tubes.test_changes import TUBES, Recorder
 

@@ -24,9 +24,7 @@ from allq.store.format import (
     log_name,
 )
 from allq.store.recovery import RecoveryError, recover
-from allq.store.scanning import (
-    scan,
-)
+from allq.store.scanning import scan
 from allq.store.validation import (
     FormatError,
     validate_change,

@@ -21,9 +21,7 @@ from allq.store.format import (
 )
 from allq.store.log import LogWriter, SyncMode, WriteFailed, open_log_writer
 from allq.store.recovery import recover
-from allq.store.scanning import (
-    scan,
-)
+from allq.store.scanning import scan
 from allq.store.storage import MemoryStorage
 from tests.store.builders import jid, put
 

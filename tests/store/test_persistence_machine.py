@@ -60,9 +60,7 @@ from allq.tubes.changes import (
 from allq.tubes.config import EngineConfig
 from allq.tubes.engine import Engine
 from allq.tubes.job import JobState
-from allq.tubes.replay import (
-    restore,
-)
+from allq.tubes.replay import restore
 from tests.helpers.engines import START, CounterBytes
 from tests.store.builders import put as put_change
 

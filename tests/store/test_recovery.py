@@ -15,14 +15,10 @@ from allq.store.format import (
     snap_name,
 )
 from allq.store.recovery import Recovered, RecoveryError, recover
-from allq.store.scanning import (
-    scan,
-)
+from allq.store.scanning import scan
 from allq.store.storage import DirectoryInUse, MemoryStorage, OsStorage
 from allq.tubes.engine import Engine
-from allq.tubes.replay import (
-    Replayer,
-)
+from allq.tubes.replay import Replayer
 from tests.helpers.engines import make_engine
 from tests.store.builders import (
     bury,

@@ -16,9 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from allq.errors import AllQError
-from allq.tubes.changes import (
-    dump,
-)
+from allq.tubes.changes import dump
 from allq.tubes.engine import Engine
 from allq.tubes.job import JobState
 from allq.tubes.replay import (

@@ -14,12 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from allq import gcpause
-from allq.tubes.changes import (
-    dump,
-)
-from allq.tubes.replay import (
-    restore,
-)
+from allq.tubes.changes import dump
+from allq.tubes.replay import restore
 from tests.helpers.engines import make_engine
 from tests.tubes.test_changes import Recorder, assert_same, restored, step
 
